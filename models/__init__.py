@@ -1,0 +1,1 @@
+"""GloRo nets in PyTorch: bounded layers, certification head, training, certification, export."""

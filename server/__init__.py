@@ -1,0 +1,1 @@
+"""gloro-serve: the online service (FastAPI + onnxruntime). Never imports torch."""
