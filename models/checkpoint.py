@@ -1,0 +1,169 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else. Never pickle.
+
+A checkpoint is a folder:
+
+    model.safetensors       the GloroNet state dict (weights and power-iteration iterates)
+    optimizer.safetensors   the optimiser's per-parameter tensors (absent in exported copies)
+    state.json              {"format": 1, "config": {...}, "epoch": n, "history": [...]}
+
+Folders are written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from models import architectures
+from models.gloro import GloroNet
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+@dataclass
+class TrainConfig:
+    architecture: str = "2c2f"
+    activation: str = "minmax"
+    dataset: str = "mnist"
+    data_dir: str = "../shared/datasets/mnist"
+    eps: float = 0.3  # the eps the model is evaluated and served at
+    train_eps: float = 0.45  # the (larger) eps it is trained at
+    eps_ramp: str = "log"
+    ramp_fraction: float = 0.5
+    loss: str = "gloro"
+    trades_lambda: float = 1.0
+    lln: bool = False
+    lr: float = 1e-3
+    final_lr: float = 1e-6
+    lr_schedule: str = "decay-after-half"
+    batch_size: int = 256
+    epochs: int = 100
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    input_shape: list[int] = field(default_factory=list)  # filled from the data set
+    classes: list[str] = field(default_factory=list)
+    color_mode: str = "L"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def build_model(self) -> GloroNet:
+        return architectures.build(self.architecture, tuple(self.input_shape), len(self.classes),
+                                   activation=self.activation, normalize_rows=self.lln, mean=self.mean, std=self.std)
+
+
+def _atomic_folder(target: Path) -> tuple[Path, Path]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    return tmp, target
+
+
+def _commit_folder(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def save(folder: Path, model: GloroNet, config: TrainConfig, epoch: int, history: list[dict[str, Any]],
+         optimizer: torch.optim.Optimizer | None = None) -> None:
+    tmp, target = _atomic_folder(Path(folder))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        if optimizer is not None:
+            save_file(_optimizer_tensors(optimizer), tmp / "optimizer.safetensors")
+        state = {"format": FORMAT, "config": asdict(config), "epoch": epoch, "history": history}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _commit_folder(tmp, target)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    return tensors
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a checkpoint: missing state.json")
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} is not a gloro-serve checkpoint state (format {FORMAT})")
+    return state
+
+
+def load_config(folder: Path) -> TrainConfig:
+    raw = load_state(folder)["config"]
+    known = set(TrainConfig.__dataclass_fields__)
+    try:
+        return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as exc:
+        raise CheckpointError(f"{folder}/state.json has a bad config: {exc}") from None
+
+
+def load_model(folder: Path, config: TrainConfig | None = None) -> tuple[GloroNet, TrainConfig, dict[str, Any]]:
+    """Rebuild the model from the checkpoint's own config (or ``config``) and load its weights."""
+    folder = Path(folder)
+    state = load_state(folder)
+    config = config or load_config(folder)
+    try:
+        model = config.build_model()
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    tensors = _load_tensors(folder / "model.safetensors")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{folder} does not fit architecture {config.architecture!r} "
+                              f"({config.activation}): {first}") from None
+    return model, config, state
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+
+
+def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    tensors = _load_tensors(Path(folder) / "optimizer.safetensors")
+    current = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"optimizer state in {folder} does not fit: {exc}") from None

@@ -1,0 +1,176 @@
+"""`gloro-serve train | certify | export`: the offline commands (they need the `train` extra).
+
+Every user error is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+from models.architectures import ACTIVATIONS, ARCHITECTURES
+from models.checkpoint import CheckpointError, TrainConfig
+from models.data import LOADERS, DataError
+from models.losses import LOSSES
+from models.schedules import EPS_RAMPS, LR_SCHEDULES
+
+
+class UsageError(ValueError):
+    """Bad input from the user; reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def eps_value(text: str) -> float:
+    """An eps: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eps must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = eps_value(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GloRo net")
+    d = TrainConfig()
+    p.add_argument("--arch", dest="architecture", default=d.architecture, choices=sorted(ARCHITECTURES))
+    p.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS))
+    p.add_argument("--dataset", default=d.dataset, choices=sorted(LOADERS))
+    p.add_argument("--data-dir", default=d.data_dir, help="folder with the data set files (default: %(default)s)")
+    p.add_argument("--eps", type=eps_value, default=d.eps, help="eps to certify at (evaluation)")
+    p.add_argument("--train-eps", type=eps_value, default=None, help="eps to train at (default: 1.5 x --eps)")
+    p.add_argument("--eps-ramp", default=d.eps_ramp, choices=EPS_RAMPS)
+    p.add_argument("--ramp-fraction", type=float, default=d.ramp_fraction, help="share of training spent ramping eps")
+    p.add_argument("--loss", default=d.loss, choices=LOSSES)
+    p.add_argument("--trades-lambda", type=positive_float, default=d.trades_lambda)
+    p.add_argument("--lln", action="store_true", help="last-layer row normalisation")
+    p.add_argument("--optimizer", default="adam", choices=["adam"])
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--final-lr", type=positive_float, default=d.final_lr)
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--train-subset", type=positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from models.train import train
+
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    if args.train_eps is None:
+        config.train_eps = round(1.5 * config.eps, 6)
+    record = train(config, args.out, resume=args.resume, device=args.device,
+                   progress=not args.no_progress, threads=args.threads)
+    print(json.dumps(record))
+    return 0
+
+
+def _certify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certify", help="clean accuracy and VRA of a checkpoint, sound bound vs estimate")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--eps", type=eps_value, nargs="+", default=None, help="eps values (default: the training config's)")
+    p.add_argument("--data-dir", default=None, help="test data folder (default: the training config's)")
+    p.add_argument("--test-subset", type=positive_int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report here (default: stdout)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of certified accuracy against eps")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _run_certify(args: argparse.Namespace) -> int:
+    from models.certify import certify_checkpoint
+
+    report = certify_checkpoint(args.checkpoint, args.eps, args.data_dir, args.test_subset, args.plot, args.device)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to a model repository entry (ONNX + manifest)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="REPOSITORY/NAME/VERSION")
+    p.add_argument("--eps", type=eps_value, default=None, help="eps to certify at by default (default: the training config's)")
+    p.add_argument("--data-dir", default=None, help="test data to measure accuracy and VRA on (default: the training config's)")
+    p.add_argument("--test-subset", type=positive_int, default=None)
+    p.add_argument("--train-command", default=None, help="recorded as provenance")
+    p.add_argument("--force", action="store_true", help="replace a different model already in --out")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from models.export import export_checkpoint
+
+    manifest = export_checkpoint(args.checkpoint, args.out, eps=args.eps, data_dir=args.data_dir,
+                                 test_subset=args.test_subset, train_command=args.train_command, force=args.force)
+    print(json.dumps({"out": str(args.out), "clean_accuracy": manifest["metrics"]["clean_accuracy"],
+                      "vra": manifest["metrics"]["vra"], "sha256": manifest["onnx"]["sha256"]}))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "train": (_train_parser, _run_train),
+    "certify": (_certify_parser, _run_certify),
+    "export": (_export_parser, _run_export),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gloro-serve", description="Train, certify and export GloRo nets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command][1](args)
+    except (UsageError, DataError, CheckpointError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

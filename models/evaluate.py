@@ -1,0 +1,52 @@
+"""Clean accuracy and verified-robust accuracy (VRA) of a GloroNet on a data set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.data import Dataset, to_float
+from models.gloro import BoundMode, GloroNet, RadiusHead
+
+
+@dataclass
+class Evaluation:
+    labels: np.ndarray  # true labels [N]
+    predicted: np.ndarray  # [N]
+    radius: np.ndarray  # [N] certified radius (0 where wrong is still reported as the radius)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    def vra(self, eps: float) -> float:
+        """Share of points both correct and certified at ``eps``."""
+        return float((self.correct & (self.radius > eps)).mean())
+
+    def majority_share(self) -> float:
+        return float(np.bincount(self.labels).max() / len(self.labels))
+
+
+@torch.no_grad()
+def evaluate(model: GloroNet, data: Dataset, mode: BoundMode = BoundMode.SOUND, batch_size: int = 1000,
+             device: str | torch.device = "cpu") -> Evaluation:
+    model.eval()
+    head = RadiusHead(model.lipschitz_matrix(mode).detach()).to(device)
+    predicted, radius = [], []
+    for start in range(0, len(data.labels), batch_size):
+        x = to_float(data.images[start:start + batch_size]).to(device)
+        label, r = head(model(x))
+        predicted.append(label.cpu().numpy())
+        radius.append(r.cpu().numpy())
+    return Evaluation(data.labels, np.concatenate(predicted), np.concatenate(radius))
+
+
+def is_collapsed(evaluation: Evaluation, margin: float = 0.02) -> bool:
+    """A constant-ish classifier: clean accuracy at or below the largest class share (plus a margin)."""
+    return evaluation.clean_accuracy <= evaluation.majority_share() + margin

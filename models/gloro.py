@@ -1,0 +1,117 @@
+"""The GloRo certification head (DESIGN section 1).
+
+For logits f and a body that is k-Lipschitz, the margin f_i - f_j is K_ij-Lipschitz with
+K_ij = k * ||w_i - w_j||, w the rows of the last (affine) layer. The functions here are the one
+implementation of that idea: training, certification, export and the torch backend all call them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import BoundedSequential, Linear
+
+# Frozen constants are multiplied by this before certification, so that float32 rounding in the
+# logits (measured far smaller: tests/models/test_float_safety.py) can never flip a certificate.
+SAFETY_FACTOR = 1.001
+
+
+class BoundMode(str, Enum):
+    ESTIMATE = "estimate"  # power iteration: training and monitoring only
+    SOUND = "sound"  # guaranteed upper bound: certification and export
+
+
+def head_distances(weight: torch.Tensor) -> torch.Tensor:
+    """||w_i - w_j||_2 for all pairs of rows of the last layer's weight [m, d] -> [m, m]."""
+    diff = weight.unsqueeze(1) - weight.unsqueeze(0)
+    # sqrt of a clamped sum keeps the gradient finite on the zero diagonal
+    return diff.pow(2).sum(-1).clamp_min(1e-24).sqrt() * (1 - torch.eye(weight.shape[0], device=weight.device))
+
+
+def margin_lipschitz(k: torch.Tensor | float, weight: torch.Tensor) -> torch.Tensor:
+    """K [m, m]: the Lipschitz constant of each margin f_i - f_j."""
+    return k * head_distances(weight)
+
+
+def bottom_logit(logits: torch.Tensor, K: torch.Tensor, eps: float, reference: torch.Tensor) -> torch.Tensor:
+    """max over j != reference of f_j + eps * K[reference, j]  -> [N]."""
+    raised = logits + eps * K[reference]
+    mask = F.one_hot(reference, logits.shape[1]).bool()
+    return raised.masked_fill(mask, float("-inf")).amax(dim=1)
+
+
+class RadiusHead(nn.Module):
+    """logits -> (label, radius), radius = min_{j != label} (f_label - f_j) / K[label, j].
+
+    Holds 1 / K (zero diagonal) and a huge penalty on the diagonal as buffers, so the exported
+    graph is two row gathers, a multiply-add and a min: no division, no mask built per request.
+    """
+
+    def __init__(self, K: torch.Tensor, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        eye = torch.eye(K.shape[0], dtype=torch.bool, device=K.device)
+        inverse = torch.zeros_like(K, dtype=torch.float64)
+        inverse[~eye] = 1.0 / K.to(torch.float64)[~eye]
+        self.register_buffer("inverse_K", inverse.to(dtype))
+        self.register_buffer("self_penalty", eye.to(dtype) * torch.finfo(dtype).max)
+
+    def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        label = logits.argmax(dim=1)
+        top = logits.amax(dim=1, keepdim=True)
+        radius = ((top - logits) * self.inverse_K[label] + self.self_penalty[label]).amin(dim=1)
+        return label, radius
+
+
+@dataclass
+class Certificate:
+    logits: torch.Tensor  # [N, m]
+    label: torch.Tensor  # [N]
+    radius: torch.Tensor  # [N]
+    bottom: torch.Tensor  # [N] bottom logit at the eps asked for
+
+    def certified(self, eps: float) -> torch.Tensor:
+        return self.radius > eps
+
+
+class GloroNet(nn.Module):
+    """A bounded body followed by an affine head, with certification from one forward pass."""
+
+    def __init__(self, body: BoundedSequential, num_classes: int, normalize_rows: bool = False):
+        super().__init__()
+        (features,) = body.output_shape
+        self.body = body
+        self.head = Linear(features, num_classes)
+        self.normalize_rows = normalize_rows  # last-layer row normalisation (LLN)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        w = self.head.weight
+        return w / w.norm(dim=1, keepdim=True) if self.normalize_rows else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.body(x), self.head_weight, self.head.linear.bias)
+
+    def body_lipschitz(self, mode: BoundMode) -> torch.Tensor:
+        if mode is BoundMode.SOUND:
+            return torch.tensor(self.body.lipschitz_bound() * SAFETY_FACTOR, dtype=torch.float64)
+        return self.body.lipschitz_estimate()
+
+    def lipschitz_matrix(self, mode: BoundMode) -> torch.Tensor:
+        """K [m, m] under the chosen bound (float64 for SOUND, differentiable for ESTIMATE)."""
+        k = self.body_lipschitz(mode)
+        if mode is BoundMode.SOUND:
+            return margin_lipschitz(k, self.head_weight.detach().to(torch.float64))
+        return margin_lipschitz(k, self.head_weight)
+
+    def certify(self, x: torch.Tensor, eps: float, mode: BoundMode = BoundMode.SOUND,
+                K: torch.Tensor | None = None) -> Certificate:
+        """Logits, label, radius and the bottom logit at ``eps``, from one forward pass."""
+        logits = self(x)
+        K = (self.lipschitz_matrix(mode) if K is None else K).to(device=logits.device, dtype=logits.dtype)
+        label, radius = RadiusHead(K, logits.dtype)(logits)
+        return Certificate(logits, label, radius, bottom_logit(logits, K, eps, label))

@@ -1,0 +1,312 @@
+"""Lipschitz-bounded layers.
+
+Every layer derives from :class:`LipschitzModule` and answers two questions about its l2
+Lipschitz constant:
+
+- :meth:`~LipschitzModule.lipschitz_estimate`: a differentiable power-iteration estimate with a
+  persistent iterate, one step per call (training);
+- :meth:`~LipschitzModule.lipschitz_bound`: a sound upper bound in float64 (certification).
+
+Neither depends on train/eval mode. :class:`BoundedSequential` folds over its children and raises
+on a child with no bound: there is no silent "Lipschitz 1".
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.grad import conv2d_input
+
+from models import bounds
+
+Shape = tuple[int, ...]  # (C, H, W) or (features,), without the batch axis
+
+
+class UnboundedLayerError(TypeError):
+    """A module has no known Lipschitz bound, so nothing built on it can be certified."""
+
+
+class LipschitzModule(nn.Module, ABC):
+    """A layer with a training estimate and a sound bound on its l2 Lipschitz constant."""
+
+    def bind(self, input_shape: Shape) -> Shape:
+        """Record the input shape (bounds of convolutions depend on it); return the output shape."""
+        with torch.no_grad():
+            return tuple(self(torch.zeros(1, *input_shape)).shape[1:])
+
+    @abstractmethod
+    def lipschitz_estimate(self) -> torch.Tensor:
+        """Differentiable estimate (may under-estimate); advances the power iteration one step."""
+
+    @abstractmethod
+    def lipschitz_bound(self) -> float:
+        """Sound upper bound, computed in float64."""
+
+
+class FreeLayer(LipschitzModule):
+    """A parameter-free 1-Lipschitz layer."""
+
+    def lipschitz_estimate(self) -> torch.Tensor:
+        return torch.ones(())
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+class ReLU(FreeLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+class MinMax(FreeLayer):
+    """GroupSort with groups of 2 along the channel axis: channel i pairs with channel i + C/2.
+
+    Each pair (a, b) becomes (min, max): a permutation of its inputs, so 1-Lipschitz and
+    gradient-norm preserving. Pairing across halves keeps it two elementwise ops (no reshape).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c % 2:
+            raise ValueError(f"MinMax needs an even number of channels, got {c}")
+        a, b = x[:, : c // 2], x[:, c // 2 :]
+        return torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)
+
+
+class Flatten(FreeLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class InputNormalization(LipschitzModule):
+    """(x - mean) / std per channel; costs 1 / min(std) because eps lives in pixel space."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        if min(std) <= 0:
+            raise ValueError("normalisation std must be positive")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def lipschitz_estimate(self) -> torch.Tensor:
+        return 1.0 / self.std.min()
+
+    def lipschitz_bound(self) -> float:
+        return float(1.0 / self.std.to(torch.float64).min())
+
+
+class _PowerIterated(LipschitzModule):
+    """Shared power-iteration machinery: a persistent iterate ``u`` and one step per estimate."""
+
+    u: torch.Tensor
+
+    def _init_iterate(self, shape: Shape) -> None:
+        u = torch.randn(1, *shape)
+        self.register_buffer("u", u / u.norm(), persistent=True)
+
+    @abstractmethod
+    def _apply_linear(self, u: torch.Tensor) -> torch.Tensor:
+        """The layer's linear part (no bias) applied to ``u``."""
+
+    @abstractmethod
+    def _apply_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`_apply_linear`."""
+
+    @torch.no_grad()
+    def power_step(self, steps: int = 1) -> None:
+        u = self.u
+        for _ in range(steps):
+            u = self._apply_adjoint(self._apply_linear(u))
+            u = u / u.norm().clamp_min(1e-12)
+        self.u.copy_(u)
+
+    def lipschitz_estimate(self) -> torch.Tensor:
+        if self.training:
+            self.power_step()
+        u = self.u.detach()
+        return self._apply_linear(u).norm() / u.norm()
+
+    @torch.no_grad()
+    def converge(self, tol: float = 1e-6, max_steps: int = 5000) -> float:
+        """Iterate until the estimate changes by less than ``tol`` (relative); return it."""
+        previous = 0.0
+        for _ in range(max_steps // 10):
+            self.power_step(10)
+            value = float(self._apply_linear(self.u).norm())
+            if abs(value - previous) <= tol * value:
+                break
+            previous = value
+        return value
+
+
+class Linear(_PowerIterated):
+    """Dense layer; sound bound is the exact largest singular value."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self._init_iterate((in_features,))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def _apply_linear(self, u: torch.Tensor) -> torch.Tensor:
+        return F.linear(u, self.linear.weight)
+
+    def _apply_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        return F.linear(v, self.linear.weight.t())
+
+    def lipschitz_bound(self) -> float:
+        return bounds.dense_bound(self.linear.weight)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow-style 'same' padding (before, after) so that output = ceil(size / stride)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2d(_PowerIterated):
+    """Convolution with 'same' zero padding and any stride.
+
+    The padding is explicit (possibly asymmetric, as TensorFlow's 'same'), so the operator whose
+    norm is bounded is exactly the one run: pad (an isometric embedding), then a valid convolution.
+    Call :meth:`bind` with the input shape before use.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=bias)
+        self.stride = stride
+        self.kernel_size = kernel_size
+        self.pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) for F.pad
+        self.padded_size: tuple[int, int] | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    def bind(self, input_shape: Shape) -> Shape:
+        c, h, w = input_shape
+        if c != self.conv.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.conv.in_channels} channels, got {c}")
+        top, bottom = same_padding(h, self.kernel_size, self.stride)
+        left, right = same_padding(w, self.kernel_size, self.stride)
+        self.pad = (left, right, top, bottom)
+        self.padded_size = (h + top + bottom, w + left + right)
+        self._init_iterate((c, *self.padded_size))
+        return super().bind(input_shape)
+
+    def _require_bound(self) -> None:
+        if self.pad is None:
+            raise RuntimeError(f"{type(self).__name__} used before bind(input_shape)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_bound()
+        return self.conv(F.pad(x, self.pad))
+
+    def _apply_linear(self, u: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(u, self.conv.weight, stride=self.stride)
+
+    def _apply_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        return conv2d_input(self.u.shape, self.conv.weight, v, stride=self.stride)
+
+    def lipschitz_bound(self) -> float:
+        self._require_bound()
+        return bounds.conv_bound(self.conv.weight, self.stride, self.padded_size)
+
+
+class ResidualConv(Conv2d):
+    """LiResNet block x + conv(x) (stride 1, odd kernel, c_in == c_out).
+
+    Its bound is the FFT bound of the kernel with the identity added at the centre tap, which is
+    tighter than 1 + ||conv||.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, bias: bool = True):
+        if kernel_size % 2 == 0:
+            raise ValueError("ResidualConv needs an odd kernel")
+        super().__init__(channels, channels, kernel_size, stride=1, bias=bias)
+        # Small init keeps the block close to the identity, as LiResNet does.
+        nn.init.normal_(self.conv.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+    def _apply_linear(self, u: torch.Tensor) -> torch.Tensor:
+        # u lives on the padded grid; the identity part is the centre crop of the padded input.
+        left, right, top, bottom = self.pad
+        h, w = u.shape[-2] - top - bottom, u.shape[-1] - left - right
+        return u[..., top : top + h, left : left + w] + super()._apply_linear(u)
+
+    def _apply_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        return F.pad(v, self.pad) + super()._apply_adjoint(v)
+
+    def lipschitz_bound(self) -> float:
+        self._require_bound()
+        return bounds.conv_bound(bounds.residual_kernel(self.conv.weight), 1, self.padded_size)
+
+
+def require_bounded(layers: Iterable[nn.Module]) -> None:
+    """Raise :class:`UnboundedLayerError` naming the first layer with no known Lipschitz bound."""
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, LipschitzModule):
+            raise UnboundedLayerError(
+                f"layer {i} ({type(layer).__name__}) has no known Lipschitz bound; "
+                "only layers from models.layers can be certified"
+            )
+
+
+class BoundedSequential(LipschitzModule):
+    """A chain of bounded layers; its constants are the products of its children's.
+
+    Raises :class:`UnboundedLayerError` on construction if any child has no known bound.
+    """
+
+    def __init__(self, *layers: nn.Module, input_shape: Shape):
+        super().__init__()
+        require_bounded(layers)
+        self.layers = nn.ModuleList(layers)
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.bind(self.input_shape)
+
+    def bind(self, input_shape: Shape) -> Shape:
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.bind(shape)
+        return shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def lipschitz_estimate(self) -> torch.Tensor:
+        k = torch.ones(())
+        for layer in self.layers:
+            k = k * layer.lipschitz_estimate()
+        return k
+
+    def lipschitz_bound(self) -> float:
+        return math.prod(layer.lipschitz_bound() for layer in self.layers)
+
+    def named_bounds(self) -> list[dict[str, object]]:
+        """Per-layer sound bound and converged estimate, for manifests and reports."""
+        rows = []
+        for i, layer in enumerate(self.layers):
+            estimate = layer.converge() if isinstance(layer, _PowerIterated) else float(layer.lipschitz_estimate())
+            rows.append({"name": f"body.{i}", "kind": type(layer).__name__,
+                         "bound": layer.lipschitz_bound(), "estimate": estimate})
+        return rows

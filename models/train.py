@@ -1,0 +1,228 @@
+"""GloRo training: one command on one CPU, one GPU, or many processes under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from models import checkpoint, data
+from models.checkpoint import TrainConfig
+from models.evaluate import evaluate, is_collapsed
+from models.gloro import BoundMode, GloroNet, RadiusHead
+from models.losses import make_loss
+from models.schedules import eps_schedule, lr_schedule
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs and who it is among the torchrun workers."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def start_runtime(device: str) -> Runtime:
+    """Join the torchrun process group when started by torchrun (gloo on CPU, nccl on GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world_size == 1:
+        return Runtime(dev)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(dev, rank, world_size)
+
+
+class TrainStep(nn.Module):
+    """Logits and the differentiable margin constants K in one forward, so DDP sees every use."""
+
+    def __init__(self, model: GloroNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x), self.model.lipschitz_matrix(BoundMode.ESTIMATE)
+
+
+def _say(runtime: Runtime, message: str) -> None:
+    if runtime.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
+          progress: bool = True, threads: int | None = None) -> dict:
+    """Train (or resume) into ``out``; returns the last epoch's log record."""
+    if threads:
+        torch.set_num_threads(threads)
+    runtime = start_runtime(device)
+    try:
+        return _train(config, Path(out), resume, runtime, progress)
+    finally:
+        if runtime.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progress: bool) -> dict:
+    train_set = data.load(config.dataset, config.data_dir, train=True).subset(config.train_subset)
+    test_set = data.load(config.dataset, config.data_dir, train=False).subset(config.test_subset)
+    config.input_shape = list(train_set.input_shape)
+    config.classes = train_set.classes
+    config.color_mode = train_set.color_mode
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "checkpoint"
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and (last / "state.json").exists():
+        model, saved, state = checkpoint.load_model(last)
+        _check_resume_matches(saved, config)
+        config = saved
+        history, start_epoch = state["history"], state["epoch"]
+        _say(runtime, f"resuming from {last} at epoch {start_epoch}")
+    else:
+        torch.manual_seed(config.seed)
+        model = config.build_model()
+    model.to(runtime.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if start_epoch:
+        checkpoint.load_optimizer(last, optimizer)
+
+    step_module: nn.Module = TrainStep(model)
+    if runtime.world_size > 1:
+        step_module = DistributedDataParallel(step_module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    loss_fn = make_loss(config.loss, config.trades_lambda)
+    eps_at = eps_schedule(config.eps_ramp, config.train_eps, config.ramp_fraction)
+    lr_at = lr_schedule(config.lr_schedule, config.lr, config.final_lr)
+    augmenting = config.dataset in data.AUGMENTED
+    n = len(train_set.labels)
+    per_rank = n // runtime.world_size
+    steps_per_epoch = max(per_rank // config.batch_size, 1)
+    total_steps = steps_per_epoch * config.epochs
+    record: dict = history[-1] if history else {}
+    if start_epoch >= config.epochs:
+        _say(runtime, f"already trained {start_epoch} of {config.epochs} epochs")
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        # Same permutation on every rank (seeded by epoch), each rank takes its own slice.
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)[runtime.rank * per_rank:(runtime.rank + 1) * per_rank]
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not (progress and runtime.is_main), file=sys.stderr)
+        totals = {"loss": 0.0, "correct": 0, "vra": 0, "seen": 0}
+        for step in bar:
+            global_step = epoch * steps_per_epoch + step
+            eps = eps_at(global_step / total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step / total_steps)
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = data.to_float(train_set.images[index.numpy()])
+            if augmenting:
+                x = data.augment(x, generator)
+            x, y = x.to(runtime.device), torch.as_tensor(train_set.labels[index.numpy()]).to(runtime.device)
+            logits, K = step_module(x)
+            loss = loss_fn(logits, y, K, eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                label, radius = RadiusHead(K.detach())(logits)
+                margin_ok = radius > config.eps
+                totals["loss"] += float(loss) * len(y)
+                totals["correct"] += int((label == y).sum())
+                totals["vra"] += int(((label == y) & margin_ok).sum())
+                totals["seen"] += len(y)
+            if step % 20 == 0:
+                seen = totals["seen"]
+                bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", acc=f"{totals['correct'] / seen:.3f}",
+                                vra=f"{totals['vra'] / seen:.3f}", eps=f"{eps:.3f}")
+        seconds = time.perf_counter() - started
+        if not runtime.is_main:
+            continue
+        result = evaluate(model, test_set, BoundMode.SOUND, device=runtime.device)
+        k_sound = model.body.lipschitz_bound()
+        seen = totals["seen"]
+        record = {
+            "epoch": epoch + 1, "seconds": round(seconds, 3), "train_eps": round(eps, 6),
+            "lr": optimizer.param_groups[0]["lr"], "loss": totals["loss"] / seen,
+            "train_accuracy": totals["correct"] / seen, "train_vra_estimate": totals["vra"] / seen,
+            "test_accuracy": result.clean_accuracy, "test_vra": result.vra(config.eps),
+            "body_lipschitz": k_sound, "collapsed": is_collapsed(result) or k_sound < 1e-2,
+        }
+        history.append(record)
+        with (out / "log.jsonl").open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        checkpoint.save(last, model, config, epoch + 1, history, optimizer)
+        print(f"epoch {epoch + 1}/{config.epochs} {seconds:.1f}s loss {record['loss']:.4f} "
+              f"clean {100 * record['test_accuracy']:.2f} vra@{config.eps:g} {100 * record['test_vra']:.2f} "
+              f"k {k_sound:.3g}", file=sys.stderr, flush=True)
+        if record["collapsed"]:
+            print(f"WARNING: COLLAPSE at epoch {epoch + 1}: clean accuracy {100 * result.clean_accuracy:.2f}% is at "
+                  f"the largest class share ({100 * result.majority_share():.2f}%) or k={k_sound:.3g} collapsed. "
+                  "This model must not be shipped or reported; try a gentler eps ramp, a lower lr, "
+                  "TRADES or EMMA.", file=sys.stderr, flush=True)
+    return record
+
+
+def _check_resume_matches(saved: TrainConfig, asked: TrainConfig) -> None:
+    for key in ("architecture", "activation", "dataset"):
+        if getattr(saved, key) != getattr(asked, key):
+            raise checkpoint.CheckpointError(
+                f"cannot resume: the checkpoint is {key}={getattr(saved, key)!r}, "
+                f"but {key}={getattr(asked, key)!r} was asked for")
+    saved.epochs = asked.epochs  # resuming may extend training
+
+
+def plain_epoch_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | None = None) -> float:
+    """Seconds per training step, GloRo vs plain cross-entropy, for the overhead benchmark."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    train_set = data.load(config.dataset, config.data_dir, train=True)
+    config.input_shape, config.classes = list(train_set.input_shape), train_set.classes
+    model = config.build_model()
+    step_module = TrainStep(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = make_loss("gloro" if gloro else "ce")
+    rng = np.random.default_rng(0)
+    started = None
+    for step in range(steps + 3):
+        if step == 3:
+            started = time.perf_counter()  # three warm-up steps
+        index = rng.integers(0, len(train_set.labels), config.batch_size)
+        x, y = data.to_float(train_set.images[index]), torch.as_tensor(train_set.labels[index])
+        if gloro:
+            logits, K = step_module(x)
+        else:
+            logits, K = model(x), None
+        loss = loss_fn(logits, y, K, config.train_eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - started) / steps
