@@ -1,0 +1,119 @@
+"""The application factory: repository -> backends -> batchers -> routes. Nothing at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+
+from server import package_version
+from server.backends import BackendError, BackendFactory, backend_factory
+from server.batcher import BatchConfig
+from server.errors import RepositoryError, install_error_handlers
+from server.metrics import Metrics
+from server.middleware import ApiKey, BodyLimit, RequestMetrics
+from server.repository import ModelSpec, load_repository
+from server.responses import FastJSONResponse
+from server.routes import install
+from server.routes.health import HealthAPI
+from server.routes.v1 import ImageAPI
+from server.routes.v2 import OpenInferenceAPI
+from server.service import ModelService, Models
+from server.settings import ServerSettings
+
+log = logging.getLogger("server.app")
+
+STATIC = Path(__file__).resolve().parent / "static"
+STOP_TIMEOUT_S = 2.0
+
+
+def choose_default(settings: ServerSettings, specs: dict[str, ModelSpec]) -> str:
+    """The configured default model; when left unset and absent, the repository's first model."""
+    if settings.default_model in specs:
+        return settings.default_model
+    if "default_model" in settings.model_fields_set:
+        raise RepositoryError(
+            f"default model {settings.default_model!r} is not in {settings.repository_path()} "
+            f"(it holds: {', '.join(specs)})"
+        )
+    first = next(iter(specs))
+    log.info("no model %s in the repository; the default model is %s", settings.default_model, first)
+    return first
+
+
+def batch_config(settings: ServerSettings) -> BatchConfig:
+    return BatchConfig(
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay=settings.max_delay_ms / 1000.0,
+        queue_size=settings.max_queue,
+        timeout=settings.request_timeout_s,
+    )
+
+
+def build_models(settings: ServerSettings, factory: BackendFactory, metrics: Metrics) -> Models:
+    """Validate the repository (manifests, sha256, paths) and pair each model with a backend."""
+    specs = load_repository(settings.repository_path())
+    default = choose_default(settings, specs)
+    config = batch_config(settings)
+    try:
+        services = {name: ModelService(spec, factory(spec), config, metrics) for name, spec in specs.items()}
+    except BackendError as exc:
+        raise RepositoryError(str(exc)) from None
+    return Models(services, default)
+
+
+async def index() -> Response:
+    return FastJSONResponse({"name": "gloro-serve", "docs": "/docs", "models": "/v1/models"})
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    backends: BackendFactory | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """Build the server. Raises RepositoryError (one line) if the repository cannot be served.
+
+    Models are loaded and warmed up in the lifespan (so /readyz says when they are); on shutdown
+    the batchers finish their queues for up to `settings.drain_s` seconds.
+    """
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    factory = backends or backend_factory(settings.backend, settings.device, settings.threads)
+    models = build_models(settings, factory, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(models.load_all)
+        yield
+        # uvicorn has already drained the connections for up to drain_s; what is left is abandoned.
+        await asyncio.to_thread(models.stop_all, min(STOP_TIMEOUT_S, settings.drain_s))
+
+    app = FastAPI(
+        title="gloro-serve",
+        version=package_version(),
+        summary="Certifiably robust (GloRo) image classification: class, certificate and radius",
+        lifespan=lifespan,
+    )
+    app.state.models = models
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    install(app, ImageAPI(models).routes(), "image API")
+    install(app, OpenInferenceAPI(models).routes(), "Open Inference Protocol v2")
+    install(app, HealthAPI(models, metrics).routes(), "health")
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="demo")
+    else:
+        app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,52 @@
+"""The torch backend: the models team's TorchPredictor (safetensors weights), CUDA when present.
+
+torch and the `models` package are imported only when this backend is loaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.backends.base import Backend, BackendError, BatchOutput
+from server.repository import ModelSpec
+
+INSTALL_HINT = "the torch backend needs torch and the models package: pip install 'gloro-serve[train]'"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+class TorchBackend(Backend):
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
+        super().__init__(spec)
+        self.device = device
+        self.threads = threads
+        self._predictor = None
+
+    def load(self) -> None:
+        try:
+            from models.torch_backend import TorchPredictor
+        except ImportError as exc:
+            raise BackendError(f"{INSTALL_HINT} ({exc})") from None
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        self._predictor = TorchPredictor(self.spec.directory, resolve_device(self.device))
+
+    def _forward(self, batch: np.ndarray) -> BatchOutput:
+        if self._predictor is None:
+            raise BackendError("run before load")
+        out = self._predictor.run(batch)
+        return BatchOutput(
+            np.asarray(out["logits"], dtype=np.float32),
+            np.asarray(out["label"], dtype=np.int64),
+            np.asarray(out["radius"], dtype=np.float32),
+        )

@@ -1,0 +1,295 @@
+"""Dynamic batching, per model: a bounded queue, a batch-collecting function, one worker thread.
+
+Requests are typed envelopes whose future exists before they are queued. The worker thread
+collects a batch with `collect_batch` (a plain function with an injectable clock, unit-tested
+without a server), runs one forward pass off the event loop, and hands each request its rows.
+A request with more images than fit in a batch spans batches. Names follow Triton:
+max_batch_size, max_queue_delay, queue size, timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.backends import Backend, BatchOutput
+from server.errors import InferenceFailed, QueueFull, RequestTimeout, Unavailable
+from server.metrics import ModelMetrics
+
+log = logging.getLogger("server.batcher")
+
+Clock = Callable[[], float]
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_queue_delay: float = 0.002  # seconds
+    queue_size: int = 256  # requests
+    timeout: float = 10.0  # seconds from enqueue to answer
+
+
+@dataclass(eq=False, slots=True)
+class InferenceRequest:
+    """One client request: its images, the future that will hold its answer, its clock marks."""
+
+    inputs: np.ndarray  # float32 [n, C, H, W]
+    future: asyncio.Future
+    enqueued_at: float
+    deadline: float
+    id: int = field(default_factory=lambda: next(_ids))
+    parts: list[BatchOutput] = field(default_factory=list)
+    done_images: int = 0
+    failed: bool = False
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def abandoned(self, now: float) -> bool:
+        """Answered already (timed out, cancelled, failed) or past its deadline: do not run it."""
+        return self.failed or self.future.done() or now > self.deadline
+
+
+@dataclass(slots=True)
+class Slice:
+    """Rows [start, stop) of one request's images, as placed in a batch."""
+
+    request: InferenceRequest
+    start: int
+    stop: int
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop == len(self.request)
+
+
+Take = Callable[[float], "InferenceRequest | None"]
+
+
+def collect_batch(
+    take: Take,
+    *,
+    max_batch_size: int,
+    max_queue_delay: float,
+    clock: Clock,
+    carry: Slice | None = None,
+    idle_wait: float = 0.1,
+) -> tuple[list[Slice], Slice | None]:
+    """Collect up to `max_batch_size` images; return the batch and what did not fit.
+
+    `take(timeout)` returns the next queued request, waiting at most `timeout` seconds (0: do not
+    wait), or None. The batch starts with `carry` (the rest of a request that spanned the last
+    batch), else waits up to `idle_wait` for a first request. It then takes more until it is
+    full or `max_queue_delay` has passed since its first request was queued; after that it still
+    takes whatever is already waiting. Requests already answered or past their deadline are
+    dropped.
+    """
+    batch: list[Slice] = []
+    size = 0
+    pending = carry if carry is not None and not carry.request.abandoned(clock()) else None
+    first_enqueued: float | None = None
+    while True:
+        if pending is None:
+            if first_enqueued is None:
+                request = take(idle_wait)
+            else:
+                request = take(max(0.0, first_enqueued + max_queue_delay - clock()))
+            if request is None:
+                return batch, None
+            if request.abandoned(clock()):
+                continue
+            pending = Slice(request, 0, len(request))
+        if first_enqueued is None:
+            first_enqueued = pending.request.enqueued_at
+        room = max_batch_size - size
+        if pending.stop - pending.start > room:
+            split = pending.start + room
+            batch.append(Slice(pending.request, pending.start, split))
+            return batch, Slice(pending.request, split, pending.stop)
+        batch.append(pending)
+        size += pending.stop - pending.start
+        pending = None
+        if size == max_batch_size:
+            return batch, None
+
+
+def _resolve_all(outcomes: list[tuple[asyncio.Future, BatchOutput | BaseException]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _hand_back(outcomes: list[tuple[asyncio.Future, BatchOutput | BaseException]]) -> None:
+    """Resolve futures on their event loop, from the worker thread; a closed loop has no one waiting."""
+    loop = outcomes[0][0].get_loop()
+    try:
+        loop.call_soon_threadsafe(_resolve_all, outcomes)
+    except RuntimeError:
+        log.debug("event loop closed; %d answers dropped", len(outcomes))
+
+
+def _expire(future: asyncio.Future, message: str) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(message))
+
+
+class Batcher:
+    """The queue and worker thread of one model."""
+
+    def __init__(
+        self,
+        model: str,
+        backend: Backend,
+        config: BatchConfig,
+        metrics: ModelMetrics | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.backend = backend
+        self.config = config
+        self.metrics = metrics
+        self._clock = clock
+        self._queue: queue.Queue[InferenceRequest] = queue.Queue(config.queue_size)
+        self._carry: Slice | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Requests waiting (a request split across batches counts until its last part runs)."""
+        return self._queue.qsize() + (self._carry is not None)
+
+    def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
+        if self._stopping:
+            raise Unavailable("the server is shutting down")
+        now = self._clock()
+        request = InferenceRequest(inputs, loop.create_future(), now, now + self.config.timeout)
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise QueueFull(
+                f"model {self.model} is overloaded: {self.config.queue_size} requests already queued"
+            ) from None
+        return request
+
+    async def infer(self, inputs: np.ndarray) -> BatchOutput:
+        """Queue `inputs` and wait for their rows; 503 at once if the queue is full, 504 late."""
+        loop = asyncio.get_running_loop()
+        request = self.submit(inputs, loop)
+        timer = loop.call_later(
+            request.deadline - self._clock(), _expire, request.future,
+            f"model {self.model} did not answer within {self.config.timeout:g} s",
+        )
+        try:
+            return await request.future
+        finally:
+            timer.cancel()
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name=f"batcher-{self.model}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop taking requests, let the worker finish the queue for up to `timeout` seconds."""
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        left = []
+        while (request := self._take(0)) is not None:
+            left.append((request.future, Unavailable("the server shut down before this request ran")))
+        if left:
+            _hand_back(left)
+
+    def _take(self, timeout: float) -> InferenceRequest | None:
+        try:
+            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _work(self) -> None:
+        while not (self._stopping and self._carry is None and self._queue.empty()):
+            batch, self._carry = collect_batch(
+                self._take,
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay=self.config.max_queue_delay,
+                clock=self._clock,
+                carry=self._carry,
+            )
+            if batch:
+                try:
+                    self._run(batch)
+                except Exception as exc:  # the worker must outlive any one batch
+                    log.exception("model %s: batcher error", self.model)
+                    error = InferenceFailed(f"internal batching error ({type(exc).__name__})")
+                    _hand_back([(s.request.future, error) for s in batch])
+
+    def _run(self, batch: list[Slice]) -> None:
+        started = self._clock()
+        if len(batch) == 1 and batch[0].whole:
+            inputs = batch[0].request.inputs
+        else:
+            inputs = np.concatenate([s.request.inputs[s.start : s.stop] for s in batch])
+        output: BatchOutput | None = None
+        try:
+            output = self.backend.run(inputs)
+        except Exception as exc:
+            log.error("model %s: batch of %d images failed: %r", self.model, len(inputs), exc)
+            error = InferenceFailed(
+                f"inference failed for the batch of {len(inputs)} images holding this request "
+                f"({type(exc).__name__}: {exc})"
+            )
+            for s in batch:
+                s.request.failed = True
+            outcomes: list = [(s.request.future, error) for s in batch]
+        else:
+            outcomes = self._split(batch, output)
+        self._record(batch, started, len(inputs), output)
+        if outcomes:
+            _hand_back(outcomes)
+
+    @staticmethod
+    def _split(batch: list[Slice], output: BatchOutput) -> list:
+        outcomes = []
+        offset = 0
+        for s in batch:
+            n = s.stop - s.start
+            rows = output.rows(offset, offset + n)
+            offset += n
+            request = s.request
+            if s.whole:
+                outcomes.append((request.future, rows))
+                continue
+            request.parts.append(rows)
+            request.done_images += n
+            if request.done_images == len(request):
+                outcomes.append((request.future, BatchOutput.concat(request.parts)))
+        return outcomes
+
+    def _record(self, batch: list[Slice], started: float, size: int, output: BatchOutput | None) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.inference.observe(self._clock() - started)
+        metrics.batch_size.observe(size)
+        for s in batch:
+            if s.start == 0:
+                metrics.queue_wait.observe(started - s.request.enqueued_at)
+        if output is not None:
+            for r in output.radius.tolist():
+                metrics.radius.observe(r)

@@ -1,0 +1,136 @@
+"""`gloro-serve`: serve (the default) and, delegated lazily to the models package, train/certify/export.
+
+Flags mirror `ServerSettings` field by field; each is also a GLORO_* environment variable. argv and
+the environment are read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.errors import RepositoryError
+from server.settings import ServerSettings
+
+PROG = "gloro-serve"
+DELEGATED = ("train", "certify", "export")
+TRAIN_HINT = "pip install 'gloro-serve[train]'"
+
+
+class CliError(Exception):
+    """A bad flag or value: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and exit itself
+        raise CliError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} serve",
+        description="Serve GloRo models: class, certificate and radius from one forward pass. "
+        f"Other commands: {', '.join(DELEGATED)} (need {TRAIN_HINT}).",
+    )
+    for name, field in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} [env GLORO_{name.upper()}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                                help=help_text)
+    return parser
+
+
+def _describe(exc: ValidationError, from_flags: set[str]) -> str:
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        where = "--" + name.replace("_", "-") if name in from_flags else f"GLORO_{name.upper()}"
+        parts.append(f"{where}: {err['msg']} (got {str(err.get('input'))[:60]!r})")
+    return "; ".join(parts)
+
+
+def parse_settings(argv: Sequence[str]) -> ServerSettings:
+    values = vars(build_parser().parse_args(list(argv)))
+    try:
+        return ServerSettings(**values)
+    except ValidationError as exc:
+        raise CliError(_describe(exc, set(values))) from None
+
+
+class DrainingServer:
+    """uvicorn's Server, except that SIGTERM means: drain, then exit 0 (uvicorn re-raises it)."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                if sig == signal.SIGTERM:
+                    self.should_exit = True
+                else:
+                    super().handle_exit(sig, frame)
+
+        self.server = _Server(config)
+
+    def run(self) -> bool:
+        self.server.run()
+        return self.server.started
+
+
+def serve(settings: ServerSettings) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.drain_s,
+        server_header=False,
+    )
+    return 0 if DrainingServer(config).run() else 3
+
+
+def delegate(argv: list[str]) -> int:
+    try:
+        from models.cli import main as models_main
+    except ImportError as exc:
+        print(f"{PROG}: error: '{argv[0]}' needs torch and the models package ({exc}); "
+              f"install them with: {TRAIN_HINT}", file=sys.stderr)
+        return 2
+    return models_main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DELEGATED:
+        return delegate(args)
+    if args and args[0] == "serve":
+        args = args[1:]
+    try:
+        settings = parse_settings(args)
+        return serve(settings)
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except RepositoryError as exc:
+        print(f"{PROG}: error: cannot serve: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)

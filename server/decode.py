@@ -1,0 +1,159 @@
+"""Client bytes to model input, once, at the edge: images, nested pixel lists, v2 tensors, eps.
+
+Everything returns float32 [N, C, H, W] in [0, 1] for the model's input spec, or raises an error
+whose message tells the client what is wrong. Images are never resized: the certificate is about
+the pixels the model saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from server.errors import BadRequest, InvalidInput
+from server.repository import InputSpec
+
+# Pillow formats accepted; anything else is refused before a decoder runs.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+# 8-bit modes that convert to L or RGB without guessing a scale.
+CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX"}
+MAX_8BIT = np.float32(255.0)  # divide (as torchvision does), not multiply by 1/255: exact rounding
+
+
+def parse_epsilon(value: Any, default: float) -> float:
+    """The eps to certify at: a finite number >= 0 (or the model's default when absent)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise InvalidInput(f"epsilon must be a number, not {value!r}")
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"epsilon must be a number, not {str(value)[:40]!r}") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise InvalidInput(f"epsilon must be a finite number >= 0, not {eps}")
+    return eps
+
+
+def check_pixels(batch: np.ndarray) -> np.ndarray:
+    """Refuse NaN, infinities and values outside [0, 1] (NaN fails both comparisons)."""
+    low, high = batch.min(), batch.max()
+    if not (low >= 0.0 and high <= 1.0):
+        raise InvalidInput(f"pixel values must be finite and in [0, 1]; got min {low}, max {high}")
+    return batch
+
+
+def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int) -> None:
+    c, h, w = spec.shape
+    where = f"image {index}: "
+    if not data:
+        raise InvalidInput(where + "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidInput(where + f"not an image in an accepted format ({', '.join(IMAGE_FORMATS)})") from None
+    except Exception as exc:  # Pillow raises many types for hostile bytes; all mean "not an image"
+        raise InvalidInput(where + f"not a readable image ({type(exc).__name__}: {exc})") from None
+    with image:
+        if image.size != (w, h):
+            raise InvalidInput(
+                where + f"{image.size[0]}x{image.size[1]} pixels, but model expects {w}x{h} "
+                "(images are not resized: the certificate holds for the pixels the model sees)"
+            )
+        if getattr(image, "n_frames", 1) > 1:
+            raise InvalidInput(where + f"animated ({image.n_frames} frames); send one still image")
+        if image.mode not in CONVERTIBLE_MODES:
+            raise InvalidInput(
+                where + f"mode {image.mode} is not supported; send 8-bit grey, RGB or RGBA"
+            )
+        try:
+            pixels = np.asarray(image.convert(spec.color_mode), dtype=np.uint8)
+        except Exception as exc:
+            raise InvalidInput(where + f"corrupt or truncated ({type(exc).__name__}: {exc})") from None
+    if c == 1:
+        np.divide(pixels, MAX_8BIT, out=out[index, 0])
+    else:
+        np.divide(pixels.transpose(2, 0, 1), MAX_8BIT, out=out[index])
+
+
+def decode_images(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
+    """Encoded images (PNG, JPEG, ...) to one float32 batch in the model's colour mode."""
+    if not files:
+        raise InvalidInput("no image in the request")
+    out = np.empty((len(files), *spec.shape), dtype=np.float32)
+    for i, data in enumerate(files):
+        _decode_image_into(data, spec, out, i)
+    return out
+
+
+def decode_base64(text: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
+
+
+def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
+    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models)."""
+    c, h, w = spec.shape
+    out = np.empty((len(instances), c, h, w), dtype=np.float32)
+    for i, instance in enumerate(instances):
+        try:
+            array = np.asarray(instance, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(
+                f"instance {i}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
+            ) from None
+        if array.shape == (h, w) and c == 1:
+            array = array[None]
+        if array.shape != (c, h, w):
+            raise InvalidInput(f"instance {i}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
+        out[i] = array
+    return check_pixels(out)
+
+
+DATATYPE_FP32 = "FP32"
+
+
+def check_tensor_shape(shape: Sequence[int], spec: InputSpec) -> int:
+    """A v2 input shape [N, C, H, W] for this model; returns N."""
+    expected = [-1, *spec.shape]
+    if len(shape) != 4 or list(shape[1:]) != list(spec.shape):
+        raise InvalidInput(f"input shape {list(shape)}, model expects {expected}")
+    if shape[0] < 1:
+        raise InvalidInput(f"input shape {list(shape)}: the batch must hold at least one image")
+    return int(shape[0])
+
+
+def tensor_from_bytes(buffer: memoryview, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
+    """A binary FP32 tensor (little-endian, row-major), without a copy when aligned."""
+    n = check_tensor_shape(shape, spec)
+    expected = n * math.prod(spec.shape) * 4
+    if len(buffer) != expected:
+        raise BadRequest(f"input holds {len(buffer)} bytes; FP32 {list(shape)} needs {expected}")
+    array = np.frombuffer(buffer, dtype="<f4").reshape(n, *spec.shape)
+    if not array.flags.aligned:
+        array = array.copy()
+    return check_pixels(array)
+
+
+def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
+    """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]."""
+    n = check_tensor_shape(shape, spec)
+    try:
+        array = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequest("input data must be a flat or nested list of numbers") from None
+    if array.size != n * math.prod(spec.shape):
+        raise BadRequest(f"input data holds {array.size} values; shape {list(shape)} needs {n * math.prod(spec.shape)}")
+    return check_pixels(array.reshape(n, *spec.shape))

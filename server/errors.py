@@ -1,0 +1,128 @@
+"""Domain errors and the one place that maps them to HTTP status codes and JSON bodies.
+
+Every error a client sees is `{"error": "<what is wrong>"}` (the Open Inference Protocol's error
+body), whichever route or layer raised it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("server.errors")
+
+RETRY_AFTER_S = "1"
+
+
+class GloroError(Exception):
+    """An error with an HTTP status; its message is shown to the client."""
+
+    status = 500
+    headers: Mapping[str, str] = {}
+
+
+class BadRequest(GloroError):
+    status = 400
+
+
+class Unauthorized(GloroError):
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(GloroError):
+    status = 404
+
+
+class PayloadTooLarge(GloroError):
+    status = 413
+
+
+class UnsupportedMediaType(GloroError):
+    status = 415
+
+
+class InvalidInput(GloroError):
+    """Well-formed request whose content the model cannot take (size, range, eps...)."""
+
+    status = 422
+
+
+class Unavailable(GloroError):
+    """Temporarily unable to serve: full queue, not ready, shutting down."""
+
+    status = 503
+    headers = {"Retry-After": RETRY_AFTER_S}
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class RequestTimeout(GloroError):
+    status = 504
+
+
+class InferenceFailed(GloroError):
+    status = 500
+
+
+class RepositoryError(Exception):
+    """The model repository cannot be served; raised at start, never per request."""
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(headers) if headers else None,
+    )
+
+
+async def _gloro_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GloroError)
+    return error_response(exc.status, str(exc), exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    return error_response(exc.status_code, message, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, describe_validation_errors(exc.errors()))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+def describe_validation_errors(errors: list | tuple, limit: int = 3) -> str:
+    """Pydantic's error list as one short line: 'inputs.0.shape: Field required; ...'."""
+    parts = []
+    for err in list(errors)[:limit]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    more = len(errors) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GloroError, _gloro_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

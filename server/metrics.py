@@ -1,0 +1,84 @@
+"""Prometheus metrics, on a registry the app is given (never the global one).
+
+Labels stay bounded: model names come from the repository, routes are templates, status codes
+are three digits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RADIUS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.58, 2.0, 3.0, 5.0)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The children of the per-model series, resolved once so the hot path does no label lookups."""
+
+    queue_wait: Histogram
+    inference: Histogram
+    batch_size: Histogram
+    radius: Histogram
+    certified: Counter
+    abstained: Counter
+
+    def record_predictions(self, certified: int, total: int) -> None:
+        if certified:
+            self.certified.inc(certified)
+        if total - certified:
+            self.abstained.inc(total - certified)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gloro_requests", "HTTP requests answered", ["model", "route", "status"], registry=registry
+        )
+        self.request_duration = Histogram(
+            "gloro_request_duration_seconds", "time from request to response",
+            ["model", "route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "gloro_queue_wait_seconds", "time a request waited before its batch ran",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.inference = Histogram(
+            "gloro_inference_duration_seconds", "time of one forward pass (one batch)",
+            ["model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gloro_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "gloro_predictions", "predictions returned, certified at the request's eps or abstained",
+            ["model", "outcome"], registry=registry,
+        )
+        self.radius = Histogram(
+            "gloro_certified_radius", "certified l2 radius of each prediction", ["model"],
+            buckets=RADIUS_BUCKETS, registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "gloro_queue_depth", "requests waiting for a batch", ["model"], registry=registry
+        )
+
+    def for_model(self, model: str, queue_depth: Callable[[], float]) -> ModelMetrics:
+        self.queue_depth.labels(model).set_function(queue_depth)
+        return ModelMetrics(
+            queue_wait=self.queue_wait.labels(model),
+            inference=self.inference.labels(model),
+            batch_size=self.batch_size.labels(model),
+            radius=self.radius.labels(model),
+            certified=self.predictions.labels(model, "certified"),
+            abstained=self.predictions.labels(model, "abstained"),
+        )
+
+    def record_request(self, model: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, route, str(status)).inc()
+        self.request_duration.labels(model, route).observe(seconds)

@@ -1,0 +1,120 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task per request): request metrics,
+API key, body-size limit."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import PayloadTooLarge, Unauthorized, error_response
+from server.metrics import Metrics
+
+# Only the APIs need the key; probes, metrics, docs and the demo page stay open.
+PRIVATE_PREFIXES = ("/v1/", "/v2")
+PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+class RequestMetrics:
+    """gloro_requests_total and gloro_request_duration_seconds, by model, route template, status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<other>"
+            self.metrics.record_request(
+                scope.get("gloro.model", ""), template, status, time.perf_counter() - started
+            )
+
+
+class ApiKey:
+    """401 unless X-API-Key or Authorization: Bearer carries the key (public paths excepted)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name == b"x-api-key":
+                candidate = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                candidate = value[7:].strip()
+            else:
+                continue
+            if hmac.compare_digest(candidate, self.key):
+                return True
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in PUBLIC_PATHS
+            or not path.startswith(PRIVATE_PREFIXES)
+            or self._authorised(scope["headers"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401, "missing or wrong API key: send it as X-API-Key or Authorization: Bearer <key>",
+            Unauthorized.headers,
+        )
+        await response(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for a declared Content-Length over the limit, and for a streamed body that grows past it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await self._refuse(int(value))(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self._message(received))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self, size: int) -> str:
+        return f"body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes (--max-body-bytes)"
+
+    def _refuse(self, size: int) -> Any:
+        return error_response(413, self._message(size))

@@ -1,0 +1,169 @@
+"""The image API: POST images (multipart, raw image/*, or JSON), get class + certificate + radius."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from server.decode import decode_base64, decode_images, decode_pixel_lists, parse_epsilon
+from server.errors import BadRequest, InvalidInput, UnsupportedMediaType, describe_validation_errors
+from server.repository import InputSpec
+from server.responses import FastJSONResponse
+from server.routes import Route, inline_schema
+from server.service import ModelService, Models, Prediction
+from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse
+
+MAX_FILES = 4096
+IMAGE_BODY = {"type": "string", "format": "binary"}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": IMAGE_BODY},
+                        "epsilon": {"type": "number", "minimum": 0},
+                        "return_logits": {"type": "boolean"},
+                    },
+                    "required": ["files"],
+                }
+            },
+            "image/png": {"schema": IMAGE_BODY},
+            "image/jpeg": {"schema": IMAGE_BODY},
+            "application/json": {"schema": inline_schema(PredictRequest)},
+        },
+    }
+}
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_info(service: ModelService) -> dict[str, Any]:
+    m = service.spec.manifest
+    return {
+        "name": service.spec.name,
+        "version": service.spec.version,
+        "ready": service.ready,
+        "epsilon": m.epsilon,
+        "train_epsilon": m.train_epsilon,
+        "classes": m.classes,
+        "input": {"shape": list(m.input.shape), "color_mode": m.input.color_mode, "range": list(m.input.range)},
+        "architecture": m.architecture,
+        "metrics": m.metrics,
+        "backend": type(service.backend).__name__,
+        "max_batch_size": service.config.max_batch_size,
+    }
+
+
+def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
+    classes = prediction.spec.classes
+    output = prediction.output
+    rows = zip(output.label.tolist(), prediction.certified.tolist(), output.radius.tolist())
+    predictions = [
+        {"label": label, "class_name": classes[label], "certified": certified, "radius": radius}
+        for label, certified, radius in rows
+    ]
+    if return_logits:
+        for p, logits in zip(predictions, output.logits):
+            p["logits"] = logits
+    return {
+        "model": prediction.spec.name,
+        "version": prediction.spec.version,
+        "epsilon": prediction.epsilon,
+        "predictions": predictions,
+    }
+
+
+def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    try:
+        request = PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            raise BadRequest(f"body is not valid JSON: {errors[0]['msg']}") from None
+        raise InvalidInput(describe_validation_errors(errors)) from None
+    images = [i for i in request.instances if not isinstance(i, list)]
+    if not images:
+        return decode_pixel_lists(request.instances, spec), request.epsilon, request.return_logits
+    if len(images) != len(request.instances):
+        raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
+    files = [decode_base64(i.b64, n) for n, i in enumerate(images)]
+    return decode_images(files, spec), request.epsilon, request.return_logits
+
+
+async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    form = await request.form(max_files=MAX_FILES, max_fields=64)
+    try:
+        files = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    finally:
+        await form.close()
+    if not files:
+        raise InvalidInput("the multipart body holds no file; send images as parts named 'files'")
+    epsilon = form.get("epsilon")
+    return decode_images(files, spec), epsilon, _truthy(form.get("return_logits", ""))
+
+
+async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    """The body as a float32 batch, plus the eps and return_logits it carries (None, False if none)."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _decode_multipart(request, spec)
+    body = await request.body()
+    if not body:
+        raise InvalidInput("empty body; send image files, an image, or JSON instances")
+    if content_type == "application/json":
+        return _decode_json(body, spec)
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return decode_images([body], spec), None, False
+    raise UnsupportedMediaType(
+        f"content type {content_type or '(none)'!r} is not accepted; send multipart/form-data, "
+        "image/* or application/json"
+    )
+
+
+class ImageAPI:
+    def __init__(self, models: Models) -> None:
+        self.models = models
+
+    async def predict(
+        self, request: Request, name: str, epsilon: float | None = None, return_logits: bool = False
+    ) -> Response:
+        return await self._predict(request, self.models.get(name), epsilon, return_logits)
+
+    async def predict_default(
+        self, request: Request, epsilon: float | None = None, return_logits: bool = False
+    ) -> Response:
+        return await self._predict(request, self.models.get(), epsilon, return_logits)
+
+    async def _predict(
+        self, request: Request, service: ModelService, epsilon: float | None, return_logits: bool
+    ) -> Response:
+        request.scope["gloro.model"] = service.spec.name
+        inputs, body_epsilon, body_logits = await decode_predict_request(request, service.spec.manifest.input)
+        eps = parse_epsilon(body_epsilon if body_epsilon is not None else epsilon, service.spec.epsilon)
+        prediction = await service.predict(inputs, eps)
+        return FastJSONResponse(predict_body(prediction, return_logits or body_logits))
+
+    async def list_models(self) -> Response:
+        return FastJSONResponse({"models": [model_info(s) for s in self.models.services.values()]})
+
+    async def get_model(self, name: str) -> Response:
+        return FastJSONResponse(model_info(self.models.get(name)))
+
+    def routes(self) -> list[Route]:
+        predict = {"response_model": PredictResponse, "openapi_extra": PREDICT_BODY}
+        return [
+            Route("GET", "/v1/models", self.list_models, "List the served models", {"response_model": ModelList}),
+            Route("GET", "/v1/models/{name}", self.get_model, "Describe a model", {"response_model": ModelInfo}),
+            Route("POST", "/v1/models/{name}/predict", self.predict, "Classify and certify images", predict),
+            Route("POST", "/v1/predict", self.predict_default, "Classify and certify with the default model", predict),
+        ]

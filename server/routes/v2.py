@@ -1,0 +1,203 @@
+"""Open Inference Protocol v2 (KServe/Triton REST) with the binary tensor data extension.
+
+One input, `input` FP32 [-1, C, H, W]; outputs `label` INT64 [-1], `certified` BOOL [-1],
+`radius` FP32 [-1], `logits` FP32 [-1, m]; eps in the request's `parameters.epsilon`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from server import package_version
+from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
+from server.errors import BadRequest, describe_validation_errors
+from server.responses import FastJSONResponse, dumps
+from server.routes import Route, inline_schema
+from server.service import ModelService, Models, Prediction
+from server.wire_v2 import (
+    BINARY_HEADER,
+    InferRequest,
+    InferResponse,
+    ModelMetadataResponse,
+    RequestInput,
+    ServerMetadataResponse,
+)
+
+INPUT = "input"
+# output name -> (datatype, little-endian numpy dtype)
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "label": ("INT64", "<i8"),
+    "certified": ("BOOL", "|b1"),
+    "radius": ("FP32", "<f4"),
+    "logits": ("FP32", "<f4"),
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary",
+                           "description": "JSON header (Inference-Header-Content-Length bytes), then tensors"}
+            },
+        },
+    }
+}
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length {header_length[:20]!r} is not an integer") from None
+    if not 0 < n <= len(body):
+        raise BadRequest(f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes")
+    return body[:n], memoryview(body)[n:]
+
+
+def _parse(header: bytes) -> InferRequest:
+    try:
+        return InferRequest.model_validate_json(header)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            raise BadRequest(f"inference header is not valid JSON: {errors[0]['msg']}") from None
+        raise BadRequest(f"inference request: {describe_validation_errors(errors)}") from None
+
+
+def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService) -> np.ndarray:
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
+        names = [i.name[:32] for i in request.inputs]
+        raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")
+    tensor: RequestInput = request.inputs[0]
+    if tensor.datatype != DATATYPE_FP32:
+        raise BadRequest(f"input datatype {tensor.datatype[:16]!r}: this model takes {DATATYPE_FP32}")
+    spec = service.spec.manifest.input
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        if len(binary):
+            raise BadRequest(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
+        if tensor.data is None:
+            raise BadRequest("input has neither data nor parameters.binary_data_size")
+        return tensor_from_list(tensor.data, tensor.shape, spec)
+    if tensor.data is not None:
+        raise BadRequest("input has both data and parameters.binary_data_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
+        raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header")
+    return tensor_from_bytes(binary, tensor.shape, spec)
+
+
+def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
+    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    if request.outputs is None:
+        return [(name, binary_default) for name in OUTPUTS]
+    wanted = []
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise BadRequest(f"unknown output {output.name[:32]!r}; outputs are {', '.join(OUTPUTS)}")
+        wanted.append((output.name, bool((output.parameters or {}).get("binary_data", binary_default))))
+    return wanted
+
+
+def _tensor(prediction: Prediction, name: str) -> np.ndarray:
+    if name == "certified":
+        return prediction.certified
+    return getattr(prediction.output, name)
+
+
+def encode_response(request: InferRequest, prediction: Prediction) -> Response:
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in _requested_outputs(request):
+        datatype, dtype = OUTPUTS[name]
+        array = _tensor(prediction, name)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            blob = np.ascontiguousarray(array, dtype=dtype).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel()
+        outputs.append(entry)
+    body: dict[str, Any] = {
+        "model_name": prediction.spec.name,
+        "model_version": prediction.spec.version,
+        "parameters": {"epsilon": prediction.epsilon},
+        "outputs": outputs,
+    }
+    if request.id is not None:
+        body["id"] = request.id
+    header = dumps(body)
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+class OpenInferenceAPI:
+    def __init__(self, models: Models) -> None:
+        self.models = models
+
+    async def server_metadata(self) -> Response:
+        return FastJSONResponse(
+            {"name": "gloro-serve", "version": package_version(), "extensions": ["binary_tensor_data"]}
+        )
+
+    def _metadata(self, service: ModelService) -> Response:
+        spec = service.spec
+        classes = len(spec.classes)
+        shapes = {"label": [-1], "certified": [-1], "radius": [-1], "logits": [-1, classes]}
+        return FastJSONResponse({
+            "name": spec.name,
+            "versions": [spec.version],
+            "platform": "gloro_" + type(service.backend).__name__,
+            "inputs": [{"name": INPUT, "datatype": DATATYPE_FP32, "shape": [-1, *spec.input_shape]}],
+            "outputs": [
+                {"name": name, "datatype": datatype, "shape": shapes[name]}
+                for name, (datatype, _) in OUTPUTS.items()
+            ],
+            "parameters": {"epsilon": spec.epsilon, "classes": spec.classes},
+        })
+
+    async def model_metadata(self, name: str) -> Response:
+        return self._metadata(self.models.get(name))
+
+    async def version_metadata(self, name: str, version: str) -> Response:
+        return self._metadata(self.models.version(name, version))
+
+    async def infer(self, request: Request, name: str) -> Response:
+        return await self._infer(request, self.models.get(name))
+
+    async def version_infer(self, request: Request, name: str, version: str) -> Response:
+        return await self._infer(request, self.models.version(name, version))
+
+    async def _infer(self, request: Request, service: ModelService) -> Response:
+        request.scope["gloro.model"] = service.spec.name
+        body = await request.body()
+        header, binary = _split_body(body, request.headers.get(BINARY_HEADER))
+        infer_request = _parse(header)
+        inputs = _input_tensor(infer_request, binary, service)
+        _requested_outputs(infer_request)  # refuse unknown outputs before running the model
+        epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
+        return encode_response(infer_request, await service.predict(inputs, epsilon))
+
+    def routes(self) -> list[Route]:
+        infer = {"response_model": InferResponse, "openapi_extra": INFER_BODY}
+        meta = {"response_model": ModelMetadataResponse}
+        return [
+            Route("GET", "/v2", self.server_metadata, "Server metadata", {"response_model": ServerMetadataResponse}),
+            Route("GET", "/v2/models/{name}", self.model_metadata, "Model metadata", meta),
+            Route("GET", "/v2/models/{name}/versions/{version}", self.version_metadata, "Model version metadata", meta),
+            Route("POST", "/v2/models/{name}/infer", self.infer, "Inference", infer),
+            Route("POST", "/v2/models/{name}/versions/{version}/infer", self.version_infer, "Inference on a version", infer),
+        ]

@@ -1,0 +1,73 @@
+"""The server's one typed configuration object: every field is a CLI flag and a GLORO_* variable.
+
+`ServerSettings()` reads the environment when it is built, so only the CLI (or a test) builds it;
+nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "mnist-2c2f"
+
+BackendName = Literal["onnxruntime", "torch"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def shipped_repository() -> Path:
+    """The model repository that ships inside the `server` package."""
+    return Path(__file__).resolve().parent / "model_repository"
+
+
+class ServerSettings(BaseSettings):
+    """Flags of `gloro-serve serve`; each is also the environment variable GLORO_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="GLORO_", extra="forbid", frozen=True)
+
+    repository: Path | None = Field(
+        None, description="model repository folder (default: the one shipped with gloro-serve)"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="most images in one forward pass (Triton: max_batch_size)"
+    )
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=10_000,
+        description="longest a request waits for others to fill its batch (Triton: max_queue_delay)",
+    )
+    max_queue: int = Field(
+        256, ge=1, le=1_000_000,
+        description="requests that may wait per model; more answer 503 (Triton: queue size)",
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request not answered in this time gets 504"
+    )
+    backend: BackendName = Field("onnxruntime", description="inference backend")
+    device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
+    threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime intra-op threads per model (0: onnxruntime's default)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="require this key (X-API-Key or Authorization: Bearer) except on health and metrics"
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1 << 31, description="larger request bodies answer 413"
+    )
+    default_model: str = Field(
+        DEFAULT_MODEL, description="model served by /v1/predict (must be in the repository)"
+    )
+    log_level: LogLevel = Field("info", description="log level")
+    access_log: bool = Field(False, description="log every request (slower)")
+    drain_s: float = Field(
+        20.0, ge=0, le=3600,
+        description="on SIGTERM, how long accepted requests may take to finish before the process exits",
+    )
+
+    def repository_path(self) -> Path:
+        return self.repository if self.repository is not None else shipped_repository()

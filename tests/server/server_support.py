@@ -1,0 +1,117 @@
+"""Helpers for the server tests: MNIST files, PNG bytes, a real server process, metric parsing."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
+
+
+def load_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip), as in ../shared/datasets/README.md."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def png_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one metric family: {sorted label items: value}, sample names included in labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def histogram_buckets(text: str, name: str, model: str) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of a histogram for one model."""
+    buckets = {}
+    for labels, value in metric_samples(text, name + "_bucket").items():
+        labels = dict(labels)
+        if labels.get("model") == model:
+            buckets[float(labels["le"])] = value
+    return buckets
+
+
+class ServerProcess:
+    """A real server: `python -m server serve ...` (or any argv) in a subprocess, ready-waited."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = argv if argv is not None else [sys.executable, "-m", "server", "serve"]
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.log = io.BytesIO()
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), *args],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.output()}")
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=10).text
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+
+    def __enter__(self) -> ServerProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

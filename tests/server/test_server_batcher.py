@@ -1,0 +1,204 @@
+"""The batch-collecting function, driven synchronously with a fake clock, and the Batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.backends.fake import FakeBackend
+from server.batcher import BatchConfig, Batcher, InferenceRequest, Slice, collect_batch
+from server.errors import InferenceFailed, QueueFull, RequestTimeout
+from server.repository import load_repository
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeFuture:
+    def __init__(self, done: bool = False) -> None:
+        self._done = done
+
+    def done(self) -> bool:
+        return self._done
+
+
+def request(n: int, enqueued_at: float = 0.0, deadline: float = 100.0, done: bool = False) -> InferenceRequest:
+    return InferenceRequest(np.zeros((n, 1, 2, 2), np.float32), FakeFuture(done), enqueued_at, deadline)  # type: ignore[arg-type]
+
+
+class Arrivals:
+    """A queue whose requests arrive at given clock times; waiting advances the clock."""
+
+    def __init__(self, clock: FakeClock, arrivals: list[tuple[float, InferenceRequest]]) -> None:
+        self.clock = clock
+        self.arrivals = sorted(arrivals, key=lambda a: a[0])
+        self.waits: list[float] = []
+
+    def take(self, timeout: float) -> InferenceRequest | None:
+        self.waits.append(timeout)
+        if self.arrivals and self.arrivals[0][0] <= self.clock.now + timeout:
+            at, item = self.arrivals.pop(0)
+            self.clock.now = max(self.clock.now, at)
+            return item
+        self.clock.now += timeout
+        return None
+
+
+def collect(arrivals: Arrivals, carry: Slice | None = None, max_batch_size: int = 4, delay: float = 0.01):
+    return collect_batch(arrivals.take, max_batch_size=max_batch_size, max_queue_delay=delay,
+                         clock=arrivals.clock, carry=carry)
+
+
+pytestmark = pytest.mark.unit
+
+
+def test_full_batch_returns_without_waiting_for_the_delay() -> None:
+    clock = FakeClock()
+    items = [request(1) for _ in range(5)]
+    queue = Arrivals(clock, [(0.0, r) for r in items])
+    batch, carry = collect(queue)
+    assert [s.request for s in batch] == items[:4] and carry is None
+    assert clock.now == 0.0
+
+
+def test_waits_at_most_max_queue_delay_after_the_first_request() -> None:
+    clock = FakeClock()
+    first, late = request(1, enqueued_at=0.0), request(1)
+    queue = Arrivals(clock, [(0.0, first), (0.05, late)])
+    batch, _ = collect(queue, delay=0.01)
+    assert [s.request for s in batch] == [first]
+    assert clock.now == pytest.approx(0.01)
+
+
+def test_a_request_arriving_within_the_delay_joins_the_batch() -> None:
+    clock = FakeClock()
+    first, second = request(1), request(2)
+    queue = Arrivals(clock, [(0.0, first), (0.004, second)])
+    batch, _ = collect(queue, delay=0.01)
+    assert [(s.request, s.start, s.stop) for s in batch] == [(first, 0, 1), (second, 0, 2)]
+
+
+def test_delay_counts_from_when_the_first_request_was_queued() -> None:
+    clock = FakeClock()
+    clock.now = 1.0
+    old = request(1, enqueued_at=0.5)  # waited while the model ran the previous batch
+    queue = Arrivals(clock, [(1.0, old)])
+    batch, _ = collect(queue, delay=0.01)
+    assert len(batch) == 1
+    assert queue.waits[-1] == 0.0  # no more waiting: only what is already there
+
+
+def test_large_request_spans_batches() -> None:
+    clock = FakeClock()
+    big = request(10)
+    queue = Arrivals(clock, [(0.0, big)])
+    batch, carry = collect(queue, max_batch_size=4)
+    assert [(s.start, s.stop) for s in batch] == [(0, 4)] and (carry.start, carry.stop) == (4, 10)
+    batch, carry = collect(queue, carry=carry, max_batch_size=4)
+    assert [(s.start, s.stop) for s in batch] == [(4, 8)] and (carry.start, carry.stop) == (8, 10)
+    follower = request(1)
+    queue.arrivals.append((0.0, follower))
+    batch, carry = collect(queue, carry=carry, max_batch_size=4)
+    assert [(s.request, s.start, s.stop) for s in batch] == [(big, 8, 10), (follower, 0, 1)]
+    assert carry is None
+
+
+def test_answered_and_expired_requests_are_dropped() -> None:
+    clock = FakeClock()
+    clock.now = 5.0
+    live = request(1, enqueued_at=5.0)
+    queue = Arrivals(clock, [(5.0, request(1, done=True)), (5.0, request(1, deadline=4.0)), (5.0, live)])
+    batch, _ = collect(queue)
+    assert [s.request for s in batch] == [live]
+
+
+def test_idle_queue_gives_an_empty_batch() -> None:
+    clock = FakeClock()
+    assert collect(Arrivals(clock, [])) == ([], None)
+
+
+def test_max_batch_size_one_never_merges() -> None:
+    clock = FakeClock()
+    queue = Arrivals(clock, [(0.0, request(1)), (0.0, request(1))])
+    batch, _ = collect(queue, max_batch_size=1)
+    assert len(batch) == 1 and len(queue.arrivals) == 1
+
+
+# -- the Batcher, with its worker thread and the fake backend ----------------------------------
+
+
+@pytest.fixture
+def fake_spec(tiny_repo: Path):
+    return load_repository(tiny_repo)["tiny"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.integration
+def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_spec) -> None:
+    backend = FakeBackend(fake_spec, delay_s=0.02)
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=8, max_queue_delay=0.01))
+    batcher.start()
+
+    async def main():
+        inputs = [np.full((1 + i % 3, 1, 28, 28), i / 20, np.float32) for i in range(20)]
+        outputs = await asyncio.gather(*(batcher.infer(x) for x in inputs))
+        return inputs, outputs
+
+    inputs, outputs = run(main())
+    batcher.stop(1.0)
+    for x, out in zip(inputs, outputs):
+        expected = np.rint(x.reshape(len(x), -1).mean(axis=1) * 9)
+        assert len(out) == len(x) and np.array_equal(out.label, expected)
+    assert max(backend.batch_sizes) > 1 and max(backend.batch_sizes) <= 8
+    assert sum(backend.batch_sizes) == sum(len(x) for x in inputs)
+    assert batcher.depth() == 0
+
+
+@pytest.mark.integration
+def test_a_failing_batch_fails_only_its_own_requests(fake_spec) -> None:
+    backend = FakeBackend(fake_spec, fail_if=lambda batch: bool((batch == 1.0).any()))
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1))
+    batcher.start()
+
+    async def main():
+        poison = batcher.infer(np.ones((1, 1, 28, 28), np.float32))
+        good = [batcher.infer(np.zeros((1, 1, 28, 28), np.float32)) for _ in range(3)]
+        return await asyncio.gather(poison, *good, return_exceptions=True)
+
+    results = run(main())
+    batcher.stop(1.0)
+    assert isinstance(results[0], InferenceFailed) and "injected failure" in str(results[0])
+    assert all(not isinstance(r, BaseException) and r.label.tolist() == [0] for r in results[1:])
+
+
+@pytest.mark.integration
+def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
+    backend = FakeBackend(fake_spec, delay_s=0.5)
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1, queue_size=2, timeout=0.2))
+    batcher.start()
+
+    async def main():
+        x = np.zeros((1, 1, 28, 28), np.float32)
+        first = asyncio.ensure_future(batcher.infer(x))
+        await asyncio.sleep(0.05)  # the worker is now busy with `first`
+        queued = [asyncio.ensure_future(batcher.infer(x)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.infer(x)
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    results = run(main())
+    batcher.stop(2.0)
+    assert all(isinstance(r, RequestTimeout) for r in results)
+    assert backend.batch_sizes == [1]  # the expired ones were dropped, not run

@@ -1,0 +1,87 @@
+"""The CLI: flags and GLORO_* variables mirror ServerSettings; bad values give one line, exit 2."""
+
+from __future__ import annotations
+
+import builtins
+import sys
+
+import pytest
+
+from server.cli import main, parse_settings
+from server.settings import shipped_repository
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_serve_the_shipped_repository_on_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("GLORO_"):
+            monkeypatch.delenv(name)
+    settings = parse_settings([])
+    assert (settings.host, settings.port, settings.default_model) == ("127.0.0.1", 8000, "mnist-2c2f")
+    assert settings.repository_path() == shipped_repository()
+    assert shipped_repository().parts[-2:] == ("server", "model_repository")
+    assert settings.access_log is False
+
+
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLORO_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("GLORO_API_KEY", "s3cret")
+    settings = parse_settings(["--port", "9001", "--max-delay-ms", "0.5", "--backend", "torch", "--access-log"])
+    assert settings.port == 9001 and settings.max_delay_ms == 0.5 and settings.backend == "torch"
+    assert settings.max_batch_size == 7 and settings.api_key.get_secret_value() == "s3cret"
+    assert settings.access_log is True
+    assert parse_settings(["--max-batch-size", "3"]).max_batch_size == 3  # flag beats env
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--port", "abc"], "--port:"),
+        (["--port", "70000"], "--port:"),
+        (["--backend", "tensorflow"], "--backend:"),
+        (["--max-batch-size", "0"], "--max-batch-size:"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gloro-serve: error:") and needle in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GLORO_MAX_QUEUE", "many")
+    assert main(["serve"]) == 2
+    assert "GLORO_MAX_QUEUE:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "--max-batch-size" in capsys.readouterr().out
+
+
+def test_train_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch.") or name.startswith("models"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert main(["train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'gloro-serve[train]'" in err and len(err.splitlines()) == 1
+
+
+def test_train_is_delegated_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = type(sys)("models.cli")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "models.cli", fake)
+    assert main(["export", "--out", "x"]) == 0
+    assert calls == [["export", "--out", "x"]]
