@@ -88,13 +88,14 @@ class DrainingServer:
         return self.server.started
 
 
-def serve(settings: ServerSettings) -> int:
+def serve(settings: ServerSettings, backends: Any = None) -> int:
+    """Run the server until SIGINT/SIGTERM; `backends` replaces the configured backend factory."""
     import uvicorn
 
     from server.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, backends=backends)
     config = uvicorn.Config(
         app,
         host=settings.host,

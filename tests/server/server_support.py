@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import os
@@ -18,6 +19,12 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parent
+# The server with `import torch` made to fail: serving must work without ever importing it.
+NO_TORCH_SERVER = (
+    "import sys; sys.modules['torch'] = None; from server.cli import main; "
+    "code = main(sys.argv[1:]); assert 'torch' in sys.modules and sys.modules['torch'] is None; sys.exit(code)"
+)
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 
 
@@ -61,17 +68,41 @@ def histogram_buckets(text: str, name: str, model: str) -> dict[float, float]:
     return buckets
 
 
-class ServerProcess:
-    """A real server: `python -m server serve ...` (or any argv) in a subprocess, ready-waited."""
+def burst(
+    url: str, n: int, concurrency: int = 64, timeout: float = 30.0, **request: object
+) -> list[httpx.Response | httpx.HTTPError]:
+    """POST the same request n times, `concurrency` at a time; answers (or transport errors) in order."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
+    async def main() -> list[httpx.Response | httpx.HTTPError]:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+            async def one() -> httpx.Response | httpx.HTTPError:
+                async with gate:
+                    try:
+                        return await client.post(url, **request)
+                    except httpx.HTTPError as exc:
+                        return exc
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    return asyncio.run(main())
+
+
+class ServerProcess:
+    """A real server process (default: `python -m server serve`, torch import blocked), ready-waited.
+
+    The port goes in GLORO_PORT, so `argv` can be the bare `gloro-serve` command.
+    """
+
+    def __init__(self, args: list[str] = (), env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = argv if argv is not None else [sys.executable, "-m", "server", "serve"]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.log = io.BytesIO()
+        command = argv if argv is not None else [sys.executable, "-c", NO_TORCH_SERVER, "serve"]
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "GLORO_PORT": str(self.port), **(env or {})}
         self.process = subprocess.Popen(
-            [*command, "--port", str(self.port), *args],
+            [*command, *args],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
 
