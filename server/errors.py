@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 log = logging.getLogger("server.errors")
@@ -106,6 +107,11 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(422, describe_validation_errors(exc.errors()))
 
 
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    # Nobody will read this answer; it only keeps the disconnect out of the 500s.
+    return error_response(400, "client disconnected before sending the whole body")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}")
@@ -125,4 +131,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GloroError, _gloro_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -125,7 +125,7 @@ async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.
     if content_type.startswith("image/") or content_type == "application/octet-stream":
         return decode_images([body], spec), None, False
     raise UnsupportedMediaType(
-        f"content type {content_type or '(none)'!r} is not accepted; send multipart/form-data, "
+        f"content type {content_type[:64] or '(none)'!r} is not accepted; send multipart/form-data, "
         "image/* or application/json"
     )
 

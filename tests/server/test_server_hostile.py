@@ -1,0 +1,192 @@
+"""Hostile input: a corpus of malformed requests across the image, JSON and v2 APIs, sent to a real
+server while a well-behaved client keeps working. Each must get a 4xx JSON error naming the problem."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from server_support import ServerProcess, png_bytes
+
+pytestmark = pytest.mark.e2e
+
+FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"]
+MAX_BODY = 1 << 20
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG that declares a huge size (its IDAT would inflate to gigabytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def v2(shape: list[int], blob: bytes, datatype: str = "FP32", size: int | None = None, extra: dict | None = None,
+       header_length: str | None = None) -> dict:
+    tensor = {"name": "input", "shape": shape, "datatype": datatype,
+              "parameters": {"binary_data_size": len(blob) if size is None else size}}
+    header = json.dumps({"inputs": [tensor], **(extra or {})}).encode()
+    length = str(len(header)) if header_length is None else header_length
+    return {"content": header + blob, "headers": {"Inference-Header-Content-Length": length,
+                                                  "Content-Type": "application/octet-stream"}}
+
+
+def corpus(digit: np.ndarray) -> list[tuple[str, str, dict, int, str]]:
+    """(case, path, httpx request arguments, expected status, text the error must contain)."""
+    image = Image.fromarray(digit)
+    good = {fmt: encode(image, fmt) for fmt in FORMATS}
+    raw = lambda data, ctype="image/png": {"content": data, "headers": {"Content-Type": ctype}}  # noqa: E731
+    as_json = lambda text: {"content": text.encode() if isinstance(text, str) else text,  # noqa: E731
+                            "headers": {"Content-Type": "application/json"}}
+    x = (digit.astype(np.float32) / 255).reshape(1, 1, 28, 28)
+    cases: list[tuple[str, str, dict, int, str]] = []
+    predict = "/v1/predict"
+    for fmt, data in good.items():
+        cases.append((f"truncated {fmt}", predict, raw(data[: len(data) // 2]), 422, "image 0:"))
+        corrupt = data[:2] + bytes(b ^ 0xFF for b in data[2:12]) + data[12:]
+        cases.append((f"corrupt {fmt} header", predict, raw(corrupt), 422, "image 0:"))
+    animated = io.BytesIO()
+    image.save(animated, format="GIF", save_all=True, append_images=[Image.fromarray(255 - digit)])
+    cases += [
+        ("decompression bomb", predict, raw(png_bomb(100_000, 100_000)), 422, "decompression bomb"),
+        ("large declared size", predict, raw(png_bomb(5000, 5000)), 422, "5000x5000 pixels, but model expects 28x28"),
+        ("wrong size", predict, raw(png_bytes(np.zeros((32, 32), np.uint8))), 422, "expects 28x28"),
+        ("16-bit depth", predict, raw(encode(Image.fromarray(digit.astype(np.uint16) * 256), "PNG")), 422, "mode I"),
+        ("CMYK channels", predict, raw(encode(image.convert("CMYK"), "JPEG"), "image/jpeg"), 422, "mode CMYK is not supported"),
+        ("animated GIF", predict, raw(animated.getvalue(), "image/gif"), 422, "animated (2 frames)"),
+        ("text as image/png", predict, raw(b"hello, world"), 422, "not an image in an accepted format"),
+        ("empty raw body", predict, raw(b""), 422, "empty body"),
+        ("wrong content type", predict, raw(good["PNG"], "text/plain"), 415, "'text/plain' is not accepted"),
+        ("missing content type", predict, {"content": good["PNG"]}, 415, "'(none)' is not accepted"),
+        ("oversized body", predict, raw(b"\0" * (MAX_BODY + 1)), 413, "exceeds the limit"),
+        ("empty multipart", predict, {"content": b"--b--\r\n", "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 422, "holds no file"),
+        ("empty file part", predict, {"files": {"files": ("a.png", b"", "image/png")}}, 422, "image 0: empty file"),
+        ("multipart without files", predict, {"content": b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b--\r\n",
+                                              "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 422, "holds no file"),
+        ("multipart without boundary", predict, raw(b"garbage", "multipart/form-data"), 400, "boundary"),
+        ("invalid JSON", predict, as_json("{\"instances\": ["), 400, "not valid JSON"),
+        ("deeply nested JSON", predict, as_json("[" * 100_000), 400, "not valid JSON"),
+        ("huge JSON of the wrong shape", predict, as_json(json.dumps({"instances": [[0.5] * 100_000]})), 422, "shape [100000]"),
+        ("JSON without instances", predict, as_json("{}"), 422, "instances: Field required"),
+        ("JSON empty instances", predict, as_json('{"instances": []}'), 422, "instances"),
+        ("JSON wrong shape", predict, as_json('{"instances": [[[1, 2, 3]]]}'), 422, "model expects [1, 28, 28]"),
+        ("JSON ragged array", predict, as_json('{"instances": [[[1, 2], [3]]]}'), 422, "not a rectangular array"),
+        ("JSON NaN pixel", predict, as_json(json.dumps({"instances": [np.where(x[0] > 0.5, np.nan, 0.0).tolist()]})), 422, "finite and in [0, 1]"),
+        ("JSON infinite pixel", predict, as_json(json.dumps({"instances": [np.where(x[0] > 0.5, np.inf, 0.0).tolist()]})), 422, "finite and in [0, 1]"),
+        ("JSON pixel out of range", predict, as_json(json.dumps({"instances": [(x[0] * 255).tolist()]})), 422, "got min 0.0, max 255.0"),
+        ("JSON bad base64", predict, as_json('{"instances": [{"b64": "***"}]}'), 422, "not valid base64"),
+        ("JSON mixed instances", predict, as_json(json.dumps({"instances": [{"b64": ""}, x[0].tolist()]})), 422, "not a mix"),
+        ("JSON unknown key", predict, as_json('{"instances": [{"b64": ""}], "eps": 1}'), 422, "eps: Extra inputs are not permitted"),
+        ("NaN eps", predict + "?epsilon=nan", raw(good["PNG"]), 422, "epsilon must be a finite number >= 0"),
+        ("negative eps", predict + "?epsilon=-0.1", raw(good["PNG"]), 422, "epsilon must be a finite number >= 0"),
+        ("infinite eps in JSON", predict, as_json(json.dumps({"instances": [x[0].tolist()], "epsilon": float("inf")})), 422, "epsilon must be a finite"),
+        ("text eps", predict + "?epsilon=lots", raw(good["PNG"]), 422, "epsilon"),
+        ("unknown model", "/v1/models/nope/predict", raw(good["PNG"]), 404, "model 'nope' is not served"),
+        ("path trick model", "/v1/models/..%2F..%2Fetc%2Fpasswd/predict", raw(good["PNG"]), 404, "no route"),
+        ("dot-dot model", "/v1/models/%2e%2e/predict", raw(good["PNG"]), 404, "'..' is not served"),
+        ("huge model name", "/v1/models/" + "a" * 2000 + "/predict", raw(good["PNG"]), 404, "is not served"),
+        ("v2 unknown model", "/v2/models/nope/infer", v2([1, 1, 28, 28], x.tobytes()), 404, "not served"),
+        ("v2 unknown version", "/v2/models/tiny/versions/9/infer", v2([1, 1, 28, 28], x.tobytes()), 404, "version '9'"),
+        ("v2 wrong datatype", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.astype(np.float64).tobytes(), "FP64"), 400, "'FP64': this model takes FP32"),
+        ("v2 wrong shape", "/v2/models/tiny/infer", v2([1, 3, 28, 28], np.zeros(3 * 784, np.float32).tobytes()), 422, "model expects [-1, 1, 28, 28]"),
+        ("v2 empty batch", "/v2/models/tiny/infer", v2([0, 1, 28, 28], b""), 422, "at least one image"),
+        ("v2 byte count short", "/v2/models/tiny/infer", v2([2, 1, 28, 28], x.tobytes()), 400, "needs 6272"),
+        ("v2 size disagrees", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), size=10), 400, "binary_data_size 10"),
+        ("v2 header length too big", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), header_length="999999"), 400, "does not fit"),
+        ("v2 header length not a number", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), header_length="ten"), 400, "not an integer"),
+        ("v2 NaN tensor", "/v2/models/tiny/infer", v2([1, 1, 28, 28], np.full((1, 1, 28, 28), np.nan, np.float32).tobytes()), 422, "finite"),
+        ("v2 unknown output", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), extra={"outputs": [{"name": "secrets"}]}), 400, "unknown output 'secrets'"),
+        ("v2 unknown input", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1]}]})), 400, "named 'input'"),
+        ("v2 data count", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 10}]})), 400, "holds 10 values"),
+        ("v2 no data", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32"}]})), 400, "neither data nor"),
+        ("v2 trailing bytes", "/v2/models/tiny/infer", {"content": json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}).encode() + b"junk",
+                                                           "headers": {"Content-Type": "application/json", "Inference-Header-Content-Length": str(len(json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})))}}, 400, "no input has binary_data_size"),
+        ("v2 negative eps", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), extra={"parameters": {"epsilon": -1}}), 422, "epsilon must be"),
+        ("v2 wrong JSON", "/v2/models/tiny/infer", as_json('{"inputs": "all of them"}'), 400, "inputs"),
+        ("header abuse: huge content type", predict, raw(good["PNG"], "text/" + "x" * 4000), 415, "is not accepted"),
+        ("header abuse: bearer junk", predict, {"content": good["PNG"], "headers": {"Content-Type": "image/png", "Authorization": ("Bearer " + "\u00e9" * 10).encode("latin-1")}}, 200, ""),
+        ("wrong method", predict, {"method": "PUT"}, 405, "not allowed"),
+    ]
+    return cases
+
+
+def lying_content_length(port: int) -> list[str]:
+    """A declared Content-Length far over the limit with a short body: 413 at once, no waiting."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  + f"Content-Length: {MAX_BODY * 8}\r\n\r\n".encode() + b"\0" * 10)
+        answer = ""
+        while "}" not in answer and (chunk := s.recv(65536)):
+            answer += chunk.decode(errors="replace")
+    if not answer.startswith("HTTP/1.1 413") or "exceeds the limit" not in answer:
+        return [f"lying Content-Length: {answer[:200]!r}"]
+    return []
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo: Path):
+    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny",
+                        "--max-body-bytes", str(MAX_BODY)]) as process:
+        yield process
+    assert process.process.returncode == 0, process.output()
+
+
+def test_corpus_gets_4xx_json_errors_while_good_clients_get_200(server, mnist_test) -> None:
+    digit = mnist_test[0][0]
+    cases = corpus(digit)
+    assert len(cases) >= 30 and len({c[0] for c in cases}) == len(cases)
+    good_codes: list[int] = []
+    stop = threading.Event()
+
+    def good_client() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(server.url + "/v1/predict", content=png_bytes(digit), headers={"Content-Type": "image/png"})
+                good_codes.append(r.status_code)
+
+    thread = threading.Thread(target=good_client)
+    thread.start()
+    failures = []
+    try:
+        with httpx.Client(timeout=30) as client:
+            for name, path, request, status, needle in cases:
+                request = dict(request)
+                method = request.pop("method", "POST")
+                r = client.request(method, server.url + path, **request)
+                if status == 200:  # abuse the server must shrug off
+                    if r.status_code != 200:
+                        failures.append(f"{name}: {r.status_code} {r.text[:100]!r}")
+                    continue
+                try:
+                    error = r.json()["error"]
+                except (ValueError, KeyError, TypeError):
+                    failures.append(f"{name}: {r.status_code} not a JSON error: {r.text[:100]!r}")
+                    continue
+                if r.status_code != status or needle not in error:
+                    failures.append(f"{name}: {r.status_code} {error!r} (wanted {status} with {needle!r})")
+    finally:
+        stop.set()
+        thread.join()
+    failures += lying_content_length(server.port)
+    assert not failures, "\n".join(failures)
+    assert good_codes and set(good_codes) == {200}
+    assert server.process.poll() is None
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    assert 'status="500"' not in server.metrics()
