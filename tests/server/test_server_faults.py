@@ -68,8 +68,8 @@ def test_a_hanging_model_gives_504_then_recovers(tiny_repo: Path, mnist_test) ->
 
         async def main():
             async with httpx.AsyncClient(timeout=30) as client:
-                hang = client.post(url, **pixels(HANG_PIXEL))
-                await asyncio.sleep(0)
+                hang = asyncio.ensure_future(client.post(url, **pixels(HANG_PIXEL)))
+                await asyncio.sleep(0.3)  # the model is now stuck on it; the others queue behind
                 return await asyncio.gather(hang, *(client.post(url, content=png, headers=PNG) for _ in range(3)))
 
         answers = asyncio.run(main())
