@@ -21,10 +21,10 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY models ./models
 # The core install only (no [train] extra): onnxruntime, FastAPI, uvicorn, Pillow, numpy.
-# pip itself is removed from the venv: nothing installs at run time.
+# pip and setuptools are removed from the venv: nothing installs at run time.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir /src \
-    && /opt/venv/bin/pip uninstall --yes pip \
+    && /opt/venv/bin/pip uninstall --yes setuptools pip \
     && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then \
          echo "torch must not be in the serving image" >&2; exit 1; \
        fi

@@ -69,3 +69,51 @@ def alert_rule_exprs() -> dict[str, str]:
         for rule in group["rules"]:
             rules[rule.get("record") or rule["alert"]] = rule["expr"]
     return rules
+
+
+def mnist_test_pngs(count: int) -> list[tuple[bytes, int]]:
+    """The first `count` MNIST test images as PNG bytes, with their labels (IDX gz files)."""
+    import gzip
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
+    labels = gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    assert images[:4] == b"\x00\x00\x08\x03" and labels[:4] == b"\x00\x00\x08\x01", "not IDX files"
+    pixels = np.frombuffer(images, dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    out = []
+    for image, label in zip(pixels[:count], labels[8 : 8 + count]):
+        buffer = io.BytesIO()
+        Image.fromarray(image, mode="L").save(buffer, format="PNG")
+        out.append((buffer.getvalue(), int(label)))
+    return out
+
+
+def wait_ready(base_url: str, process, timeout_s: float) -> None:
+    """Poll /readyz until 200; fail at once if the process died, or after timeout_s."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{base_url}/readyz not ready after {timeout_s} s")
+
+
+def predict(base_url: str, pngs: list[bytes], **params: object) -> dict:
+    import httpx
+
+    files = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+    response = httpx.post(f"{base_url}/v1/predict", files=files, params=params, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
