@@ -64,6 +64,7 @@ class Metrics:
             "gloro_certified_radius", "certified l2 radius of each prediction", ["model"],
             buckets=RADIUS_BUCKETS, registry=registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.queue_depth = Gauge(
             "gloro_queue_depth", "requests waiting for a batch", ["model"], registry=registry
         )
@@ -80,5 +81,10 @@ class Metrics:
         )
 
     def record_request(self, model: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, route, str(status)).inc()
-        self.request_duration.labels(model, route).observe(seconds)
+        key = (model, route, status)
+        children = self._request_children.get(key)
+        if children is None:  # label values are bounded, so this cache is too
+            children = (self.requests.labels(model, route, str(status)), self.request_duration.labels(model, route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

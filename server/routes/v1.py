@@ -43,6 +43,14 @@ PREDICT_BODY = {
 }
 
 
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+QUERY = [
+    {"name": "epsilon", "in": "query", "required": False, "description": "certify at this eps (default: the model's)",
+     "schema": {"type": "number", "minimum": 0}},
+    {"name": "return_logits", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+]
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
@@ -131,27 +139,25 @@ async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.
 
 
 class ImageAPI:
+    """Predict endpoints read their parameters from the request themselves (documented in
+    PREDICT_PARAMETERS): FastAPI's per-request parameter validation costs more than the model."""
+
     def __init__(self, models: Models) -> None:
         self.models = models
 
-    async def predict(
-        self, request: Request, name: str, epsilon: float | None = None, return_logits: bool = False
-    ) -> Response:
-        return await self._predict(request, self.models.get(name), epsilon, return_logits)
+    async def predict(self, request: Request) -> Response:
+        return await self._predict(request, self.models.get(request.path_params["name"]))
 
-    async def predict_default(
-        self, request: Request, epsilon: float | None = None, return_logits: bool = False
-    ) -> Response:
-        return await self._predict(request, self.models.get(), epsilon, return_logits)
+    async def predict_default(self, request: Request) -> Response:
+        return await self._predict(request, self.models.get())
 
-    async def _predict(
-        self, request: Request, service: ModelService, epsilon: float | None, return_logits: bool
-    ) -> Response:
+    async def _predict(self, request: Request, service: ModelService) -> Response:
         request.scope["gloro.model"] = service.spec.name
         inputs, body_epsilon, body_logits = await decode_predict_request(request, service.spec.manifest.input)
-        eps = parse_epsilon(body_epsilon if body_epsilon is not None else epsilon, service.spec.epsilon)
+        query = request.query_params
+        eps = parse_epsilon(body_epsilon if body_epsilon is not None else query.get("epsilon"), service.spec.epsilon)
         prediction = await service.predict(inputs, eps)
-        return FastJSONResponse(predict_body(prediction, return_logits or body_logits))
+        return FastJSONResponse(predict_body(prediction, body_logits or _truthy(query.get("return_logits", ""))))
 
     async def list_models(self) -> Response:
         return FastJSONResponse({"models": [model_info(s) for s in self.models.services.values()]})
@@ -160,10 +166,11 @@ class ImageAPI:
         return FastJSONResponse(model_info(self.models.get(name)))
 
     def routes(self) -> list[Route]:
-        predict = {"response_model": PredictResponse, "openapi_extra": PREDICT_BODY}
+        predict = {"response_model": PredictResponse, "openapi_extra": {**PREDICT_BODY, "parameters": QUERY}}
+        named = {"response_model": PredictResponse, "openapi_extra": {**PREDICT_BODY, "parameters": [NAME, *QUERY]}}
         return [
             Route("GET", "/v1/models", self.list_models, "List the served models", {"response_model": ModelList}),
             Route("GET", "/v1/models/{name}", self.get_model, "Describe a model", {"response_model": ModelInfo}),
-            Route("POST", "/v1/models/{name}/predict", self.predict, "Classify and certify images", predict),
+            Route("POST", "/v1/models/{name}/predict", self.predict, "Classify and certify images", named),
             Route("POST", "/v1/predict", self.predict_default, "Classify and certify with the default model", predict),
         ]
