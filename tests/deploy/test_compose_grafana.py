@@ -106,3 +106,9 @@ def test_gloro_env_names_are_server_settings() -> None:
     used = {name for text in texts for name in re.findall(r"\bGLORO_[A-Z_]+[A-Z]\b", text)}
     assert used, "no GLORO_ variable found: the scan is broken"
     assert used <= fields, used - fields
+
+
+def test_deploy_guide_documents_every_setting() -> None:
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    documented = set(re.findall(r"^\| `(GLORO_[A-Z_]+)` \|", guide, flags=re.M))
+    assert documented == {f"GLORO_{name.upper()}" for name in ServerSettings.model_fields}
