@@ -1,0 +1,88 @@
+"""Backends: onnxruntime against a float64 reference, the model contract, CUDA and torch paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from server.backends import BackendError, backend_factory
+from server.backends.ort import OnnxRuntimeBackend
+from server.cli import main
+from server.repository import load_repository, load_version, sha256_file
+from tiny_model import reference, write_model
+
+SHIPPED = Path(__file__).resolve().parents[2] / "server" / "model_repository" / "mnist-2c2f"
+HAS_CUDA_PROVIDER = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def mnist_batch(mnist_test, n: int = 64) -> np.ndarray:
+    return (mnist_test[0][:n].astype(np.float32) / 255).reshape(n, 1, 28, 28)
+
+
+@pytest.mark.unit
+def test_onnxruntime_matches_the_float64_reference(tiny_repo: Path, mnist_test, linear_weights) -> None:
+    backend = OnnxRuntimeBackend(load_repository(tiny_repo)["tiny"], "cpu")
+    backend.load()
+    backend.warm_up(8)
+    x = mnist_batch(mnist_test)
+    out = backend.run(x)
+    logits, label, radius = reference(x, *linear_weights)
+    assert out.label.tolist() == label.tolist()
+    assert np.allclose(out.radius, radius, rtol=1e-4, atol=1e-6)
+    assert np.allclose(out.logits, logits, atol=1e-4)
+
+
+@pytest.mark.unit
+def test_a_graph_that_breaks_the_contract_is_refused(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny", "1")
+    import onnx
+
+    model = onnx.load(folder / "model.onnx")
+    model.graph.output[2].name = "margin"  # rename the `radius` output
+    model.graph.node[-1].output[0] = "margin"
+    onnx.save(model, folder / "model.onnx")
+    manifest = json.loads((folder / "gloro.json").read_text())
+    manifest["onnx"]["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / "gloro.json").write_text(json.dumps(manifest))
+    backend = OnnxRuntimeBackend(load_version(tmp_path.resolve(), "tiny", "1"), "cpu")
+    with pytest.raises(BackendError, match=r"outputs \['radius'\] are missing"):
+        backend.load()
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="this machine has the CUDA provider")
+def test_cuda_without_a_provider_is_refused_at_start(tiny_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--repository", str(tiny_repo), "--default-model", "tiny", "--device", "cuda"]) == 2
+    assert "onnxruntime has no CUDA provider" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not HAS_CUDA_PROVIDER, reason="no onnxruntime CUDA provider (onnxruntime-gpu and a GPU) here")
+def test_onnxruntime_cuda_matches_cpu(tiny_repo: Path, mnist_test) -> None:
+    spec = load_repository(tiny_repo)["tiny"]
+    cpu, cuda = OnnxRuntimeBackend(spec, "cpu"), OnnxRuntimeBackend(spec, "cuda")
+    cpu.load()
+    cuda.load()
+    x = mnist_batch(mnist_test)
+    a, b = cpu.run(x), cuda.run(x)
+    assert a.label.tolist() == b.label.tolist() and np.allclose(a.radius, b.radius, rtol=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (SHIPPED / "1" / "model.safetensors").is_file(),
+                    reason="the torch backend reads model.safetensors of the shipped model, not shipped yet")
+def test_torch_backend_gives_the_onnxruntime_answers(mnist_test) -> None:
+    pytest.importorskip("torch", reason="the torch backend needs the train extra")
+    spec = load_repository(SHIPPED.parent)["mnist-2c2f"]
+    onnx_backend = backend_factory("onnxruntime", "cpu", 0)(spec)
+    torch_backend = backend_factory("torch", "auto", 0)(spec)
+    onnx_backend.load()
+    torch_backend.load()
+    x = mnist_batch(mnist_test)
+    a, b = onnx_backend.run(x), torch_backend.run(x)
+    assert a.label.tolist() == b.label.tolist()
+    assert np.allclose(a.radius, b.radius, rtol=1e-3, atol=1e-5)
