@@ -82,6 +82,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--stop-after", type=positive_int, default=None,
+                   help="stop this invocation after N epochs (schedules still span --epochs); resume later")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
@@ -95,7 +97,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.train_eps is None:
         config.train_eps = round(1.5 * config.eps, 6)
     record = train(config, args.out, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, threads=args.threads)
+                   progress=not args.no_progress, threads=args.threads, stop_after=args.stop_after)
     print(json.dumps(record))
     return 0
 

@@ -76,19 +76,24 @@ def _say(runtime: Runtime, message: str) -> None:
 
 
 def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
-          progress: bool = True, threads: int | None = None) -> dict:
-    """Train (or resume) into ``out``; returns the last epoch's log record."""
+          progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> dict:
+    """Train (or resume) into ``out``; returns the last epoch's log record.
+
+    ``stop_after`` ends this invocation after that many epochs, keeping the schedules of the full
+    ``config.epochs`` run, so long trainings can be sliced across sessions with ``resume``.
+    """
     if threads:
         torch.set_num_threads(threads)
     runtime = start_runtime(device)
     try:
-        return _train(config, Path(out), resume, runtime, progress)
+        return _train(config, Path(out), resume, runtime, progress, stop_after)
     finally:
         if runtime.world_size > 1:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progress: bool) -> dict:
+def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progress: bool,
+           stop_after: int | None) -> dict:
     train_set = data.load(config.dataset, config.data_dir, train=True).subset(config.train_subset)
     test_set = data.load(config.dataset, config.data_dir, train=False).subset(config.test_subset)
     config.input_shape = list(train_set.input_shape)
@@ -127,7 +132,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     if start_epoch >= config.epochs:
         _say(runtime, f"already trained {start_epoch} of {config.epochs} epochs")
 
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         model.train()
         started = time.perf_counter()
         # Same permutation on every rank (seeded by epoch), each rank takes its own slice.
