@@ -25,6 +25,18 @@ def providers_for(device: str) -> list[str]:
     return [CPU]
 
 
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """The server's session settings (the benchmarks use them too, to compare like with like)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would compete with the event loop for the same cores between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
         super().__init__(spec)
@@ -33,16 +45,9 @@ class OnnxRuntimeBackend(Backend):
         self._session: ort.InferenceSession | None = None
 
     def load(self) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads would compete with the event loop for the same cores between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
-                str(self.spec.onnx_path), sess_options=options, providers=self.providers
+                str(self.spec.onnx_path), sess_options=session_options(self.threads), providers=self.providers
             )
         except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
             raise BackendError(f"{self.spec.onnx_path}: onnxruntime cannot load it: {exc}") from None
