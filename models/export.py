@@ -9,7 +9,6 @@ and renamed into place, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -32,6 +31,7 @@ from models.checkpoint import TrainConfig
 from models.evaluate import Evaluation, is_collapsed
 from models.gloro import SAFETY_FACTOR, BoundMode, GloroNet, RadiusHead
 from models.layers import BoundedSequential, require_bounded
+from server.repository import sha256_file
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -72,14 +72,6 @@ class CertifiedModel(nn.Module):
         logits = F.linear(self.body(x), self.weight, self.bias)
         label, radius = self.radius(logits)
         return logits, label, radius
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_onnx(module: CertifiedModel, input_shape: tuple[int, ...], path: Path) -> None:
@@ -170,6 +162,7 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
     if not version.isdigit() or int(version) < 1:
         raise ExportError(f"--out must end in NAME/VERSION with VERSION a positive integer, got {out}")
     model = model.cpu().eval()
+    require_bounded(model.body.layers)  # before anything else touches a layer
     layers = model.body.named_bounds()  # converges the power iterations: the estimates are for reference
     certified = CertifiedModel.from_gloro(model)
     eps = config.eps if eps is None else eps
