@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from server import package_version
@@ -69,6 +69,10 @@ def build_models(settings: ServerSettings, factory: BackendFactory, metrics: Met
     return Models(services, default)
 
 
+async def demo_page() -> Response:
+    return FileResponse(STATIC / "index.html")
+
+
 async def index() -> Response:
     return FastJSONResponse({"name": "gloro-serve", "docs": "/docs", "models": "/v1/models"})
 
@@ -108,8 +112,10 @@ def create_app(
     install(app, OpenInferenceAPI(models).routes(), "Open Inference Protocol v2")
     install(app, HealthAPI(models, metrics).routes(), "health")
     if (STATIC / "index.html").is_file():
+        # The page at / only, its files under /static: a catch-all mount at / would answer
+        # unknown routes itself (405 for POST) instead of the JSON 404 of every other route.
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
-        app.mount("/", StaticFiles(directory=STATIC, html=True), name="demo")
+        app.add_api_route("/", demo_page, methods=["GET"], include_in_schema=False)
     else:
         app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
