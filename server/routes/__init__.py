@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
 from server.wire_v1 import ErrorBody
 
@@ -52,16 +55,37 @@ class Route:
     endpoint: Callable[..., Any]
     summary: str
     options: dict[str, Any] = field(default_factory=dict)
+    direct: bool = False  # endpoint(request) -> Response, served by DirectRoute
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the Request and returns a Response itself.
+
+    OpenAPI documents it like any other (from `openapi_extra`), but a request skips FastAPI's
+    per-request machinery (dependency solving, two exit stacks, a second exception wrapper): on
+    the predict routes that cost more than running a small model. Exceptions go up to the app's
+    ExceptionMiddleware, so errors are mapped to status codes in the one place as before.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            response = await endpoint(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        self.app = app
 
 
 def install(app: FastAPI, routes: Iterable[Route], tag: str) -> None:
     for route in routes:
-        app.add_api_route(
+        app.router.add_api_route(
             route.path,
             route.endpoint,
             methods=[route.method],
             summary=route.summary,
             tags=[tag],
             responses=ERRORS,
+            route_class_override=DirectRoute if route.direct else None,
             **route.options,
         )

@@ -171,6 +171,7 @@ class ImageAPI:
         return [
             Route("GET", "/v1/models", self.list_models, "List the served models", {"response_model": ModelList}),
             Route("GET", "/v1/models/{name}", self.get_model, "Describe a model", {"response_model": ModelInfo}),
-            Route("POST", "/v1/models/{name}/predict", self.predict, "Classify and certify images", named),
-            Route("POST", "/v1/predict", self.predict_default, "Classify and certify with the default model", predict),
+            Route("POST", "/v1/models/{name}/predict", self.predict, "Classify and certify images", named, direct=True),
+            Route("POST", "/v1/predict", self.predict_default, "Classify and certify with the default model", predict,
+                  direct=True),
         ]
