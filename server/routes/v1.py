@@ -154,7 +154,7 @@ class ImageAPI:
     async def _predict(self, request: Request, service: ModelService) -> Response:
         request.scope["gloro.model"] = service.spec.name
         inputs, body_epsilon, body_logits = await decode_predict_request(request, service.spec.manifest.input)
-        query = request.query_params
+        query = request.query_params if request.scope["query_string"] else {}  # parsing "" costs too
         eps = parse_epsilon(body_epsilon if body_epsilon is not None else query.get("epsilon"), service.spec.epsilon)
         prediction = await service.predict(inputs, eps)
         return FastJSONResponse(predict_body(prediction, body_logits or _truthy(query.get("return_logits", ""))))
