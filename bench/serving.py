@@ -1,0 +1,179 @@
+"""Serving throughput and latency: the same model, body and client against every server, in one run.
+
+Targets (issue 6): (a) gloro-serve with batching, (b) gloro-serve `--max-batch-size 1`, (c) a plain
+unbatched FastAPI endpoint, (d) LitServe with batching, (e) the in-process ceiling (the server's
+own decoding and backend, no HTTP). Each server runs alone, is checked to give the same label as the
+in-process model, warmed up, then loaded at each concurrency in turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench.load import run_load
+from bench.models import ROOT, ModelCase
+from server.decode import decode_base64, decode_images
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # a .. d
+    label: str
+    command: list[str]  # {port} and {model} are filled in
+    path: str  # the predict route
+
+
+def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, peers: bool) -> list[Target]:
+    serve = [sys.executable, "-m", "server", "serve", "--repository", str(case.repository), "--port", "{port}",
+             "--default-model", case.name, "--backend", backend, "--device", device, "--log-level", "warning",
+             "--max-queue", "1024"]
+    out = [
+        Target("a", f"gloro-serve (batching, max {max_batch_size})", [*serve, "--max-batch-size", str(max_batch_size)],
+               "/v1/predict"),
+        Target("b", "gloro-serve --max-batch-size 1", [*serve, "--max-batch-size", "1"], "/v1/predict"),
+    ]
+    if peers:
+        peer = [sys.executable, "-m", "bench.peers"]
+        out.append(Target("c", "plain FastAPI (unbatched)", [*peer, "plain", "--model", "{model}", "--port", "{port}"],
+                          "/predict"))
+        out.append(Target("d", "LitServe (batching, max 64, 5 ms)",
+                          [*peer, "litserve", "--model", "{model}", "--port", "{port}", "--max-batch-size", "64",
+                           "--batch-timeout", "0.005"], "/predict"))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@contextmanager
+def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 120.0) -> Iterator[str]:
+    """Start the target, wait until it answers the benchmark body with 200; yield its predict URL."""
+    port = free_port()
+    folder = case.repository / case.name / "1"
+    command = [part.format(port=port, model=folder) for part in target.command]
+    url = f"http://127.0.0.1:{port}{target.path}"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{target.label} exited ({process.returncode}): {log.read_text()[-1500:]}")
+            try:
+                status, _ = post(url, case.body, timeout=2.0)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target.label} did not answer within {start_timeout:g} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def answered_label(body: bytes) -> int:
+    return int(json.loads(body)["predictions"][0]["label"])
+
+
+def in_process_backend(case: ModelCase, backend: str, device: str) -> Any:
+    from server.backends import backend_factory
+    from server.repository import load_repository
+
+    spec = load_repository(case.repository)[case.name]
+    model = backend_factory(backend, device, 0)(spec)
+    model.load()
+    return model
+
+
+def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float) -> dict[str, Any]:
+    """Requests per second through the server's JSON parsing, base64 + image decoding and backend
+    (batches of `batch_size` requests), on one Python thread, with no HTTP."""
+    input_spec = model.spec.manifest.input
+    body = case.body
+
+    def one_batch() -> int:
+        images = []
+        for _ in range(batch_size):
+            instances = orjson.loads(body)["instances"]
+            images.append(decode_images([decode_base64(i["b64"], n) for n, i in enumerate(instances)], input_spec))
+        out = model.run(np.concatenate(images) if batch_size > 1 else images[0])
+        return len(out)
+
+    one_batch()
+    done = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < duration_s:
+        done += one_batch()
+    return {"batch": batch_size, "req_per_s": done / elapsed, "requests": done, "duration_s": elapsed}
+
+
+def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, warmup_s: float,
+        client: str = "auto", backend: str = "onnxruntime", device: str = "cpu", max_batch_size: int = 32,
+        peers: bool = True, ceiling_batches: tuple[int, ...] = (1, 32)) -> dict[str, Any]:
+    model = in_process_backend(case, backend, device)
+    x = decode_images([case.png], model.spec.manifest.input)
+    expected = int(model.run(x).label[0])
+    ceilings = [ceiling(case, model, b, duration_s) for b in ceiling_batches]
+    del model
+    results: dict[str, Any] = {
+        "model": case.name, "architecture": case.architecture, "weights": case.weights, "body_bytes": len(case.body),
+        "expected_label": expected, "backend": backend, "device": device, "targets": {},
+        "ceiling": {"label": "in-process ceiling (decode + backend, no HTTP)", "rows": ceilings,
+                    "req_per_s": max(c["req_per_s"] for c in ceilings)},
+    }
+    for target in targets(case, backend, device, max_batch_size, peers):
+        log = work / f"server-{case.key}-{target.key}.log"
+        entry: dict[str, Any] = {"label": target.label, "command": " ".join(target.command), "rows": []}
+        results["targets"][target.key] = entry
+        try:
+            with running(target, case, log) as url:
+                status, answer = post(url, case.body)
+                entry["label_answered"] = answered_label(answer)
+                if entry["label_answered"] != expected:
+                    raise RuntimeError(f"{target.label} answered label {entry['label_answered']}, expected {expected}")
+                run_load(url, case.body, max(concurrency), warmup_s, work, client)
+                for c in concurrency:
+                    entry["rows"].append(run_load(url, case.body, c, duration_s, work, client).to_dict())
+                    print(f"  {case.key} {target.key} c={c}: {entry['rows'][-1]['req_per_s']:.0f} req/s, "
+                          f"p99 {entry['rows'][-1]['p99_ms']:.1f} ms, errors {entry['rows'][-1]['errors']}",
+                          flush=True)
+        except Exception as exc:  # one server failing must not lose the others' results
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  {case.key} {target.key}: FAILED {entry['error']}", flush=True)
+    return results

@@ -1,0 +1,96 @@
+"""The benchmark suite runs end to end in its quick mode and writes well-formed results.
+
+Behaviour only: no assertion here is about speed (a benchmark measures, tests check behaviour).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the benchmarks export models with torch (the [train] extra)")
+
+from bench import report  # noqa: E402
+from bench.load import LoadResult  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("bench")
+    docs = out / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text("# Benchmarks\n\nHand-written text above.\n\n" + report.BEGIN + "\nold\n" + report.END
+                    + "\n\nHand-written text below.\n")
+    command = [sys.executable, "-m", "bench.run", "--quick", "--random-weights", "--no-peers", "--client", "python",
+               "--concurrency", "1,2", "--duration", "1", "--out", str(out), "--docs", str(docs),
+               "--note", "smoke test"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, docs, done
+
+
+@pytest.mark.e2e
+def test_quick_mode_writes_results_json(quick_run) -> None:
+    out, _, _ = quick_run
+    results = json.loads((out / "benchmarks.json").read_text())
+    assert results["quick"] is True and results["note"] == "smoke test"
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert results["command"].startswith("python -m bench.run --quick")
+    (overhead,) = results["overhead"]
+    assert [r["batch"] for r in overhead["rows"]] == [1, 32]
+    assert all(r["head_us"] > 0 and r["logits_only_us"] > 0 and r["ratio"] > 0 for r in overhead["rows"])
+    serving = results["serving"]["mnist"]
+    assert serving["weights"] == "random (seed 0)"
+    assert set(serving["targets"]) == {"a", "b"}  # --no-peers
+    for target in serving["targets"].values():
+        assert "error" not in target, target
+        assert target["label_answered"] == serving["expected_label"]
+        assert [r["connections"] for r in target["rows"]] == [1, 2]
+        for row in target["rows"]:
+            LoadResult(**row)  # every field present, nothing extra
+            assert row["successes"] > 0 and row["errors"] == {} and row["responses"] == row["successes"]
+            assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert all(c["req_per_s"] > 0 for c in serving["ceiling"]["rows"])
+    training = results["training"]
+    assert training["epoch"]["gloro_step_s"] > 0 and training["epoch"]["plain_step_s"] > 0
+    assert training["certify"]["images_per_second"] > 0 and training["certify"]["n"] == 500
+    names = {v["target"] for v in results["verdicts"]}
+    assert "GloRo / plain cross-entropy training step (2C2F)" in names
+    assert all(v["met"] in (True, False, None) for v in results["verdicts"])
+
+
+@pytest.mark.e2e
+def test_quick_mode_writes_plots_and_keeps_hand_written_docs(quick_run) -> None:
+    out, docs, _ = quick_run
+    for name in ("overhead.png", "serving-mnist.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nHand-written text above.")
+    assert text.rstrip().endswith("Hand-written text below.")
+    assert "\nold\n" not in text and text.count(report.BEGIN) == 1
+    assert "| (a) gloro-serve (batching, max 32) | 2 |" in text
+    assert "![serving mnist](../serving-mnist.png)" in text
+    assert "Not run: this machine has no GPU" in text
+
+
+@pytest.mark.unit
+def test_verdicts_compare_at_64_connections() -> None:
+    def rows(rps: float, p99: float) -> dict:
+        return {"rows": [{"connections": 64, "req_per_s": rps, "p99_ms": p99}]}
+
+    results = {"serving": {"mnist": {"targets": {"a": rows(1300, 50), "c": rows(1000, 60), "d": rows(600, 40)}},
+                           "cifar": {"targets": {"a": rows(950, 90)}, "ceiling": {"req_per_s": 1000}}}}
+    got = {v["target"]: v["met"] for v in report.verdicts(results)}
+    assert got == {
+        "MNIST at 64 connections: gloro-serve / plain FastAPI (req/s)": True,
+        "MNIST at 64 connections: gloro-serve / LitServe (req/s)": True,
+        "MNIST at 64 connections: gloro-serve p99 / LitServe p99": False,
+        "6C2F at 64 connections: gloro-serve / in-process ceiling": True,
+    }
