@@ -83,6 +83,7 @@ def collect_batch(
     clock: Clock,
     carry: Slice | None = None,
     idle_wait: float = 0.1,
+    eager: bool = False,
 ) -> tuple[list[Slice], Slice | None]:
     """Collect up to `max_batch_size` images; return the batch and what did not fit.
 
@@ -90,8 +91,9 @@ def collect_batch(
     wait), or None. The batch starts with `carry` (the rest of a request that spanned the last
     batch), else waits up to `idle_wait` for a first request. It then takes more until it is
     full or `max_queue_delay` has passed since its first request was queued; after that it still
-    takes whatever is already waiting. Requests already answered or past their deadline are
-    dropped.
+    takes whatever is already waiting. With `eager` it never waits for more: it takes what is
+    already waiting (the worker asks for this when nothing suggests that others are coming).
+    Requests already answered or past their deadline are dropped.
     """
     batch: list[Slice] = []
     size = 0
@@ -102,7 +104,7 @@ def collect_batch(
             if first_enqueued is None:
                 request = take(idle_wait)
             else:
-                request = take(max(0.0, first_enqueued + max_queue_delay - clock()))
+                request = take(0.0 if eager else max(0.0, first_enqueued + max_queue_delay - clock()))
             if request is None:
                 return batch, None
             if request.abandoned(clock()):
@@ -164,6 +166,7 @@ class Batcher:
         self._clock = clock
         self._queue: queue.Queue[InferenceRequest] = queue.Queue(config.queue_size)
         self._carry: Slice | None = None
+        self._last_batch_requests = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -230,8 +233,13 @@ class Batcher:
                 max_queue_delay=self.config.max_queue_delay,
                 clock=self._clock,
                 carry=self._carry,
+                # A lone request last time and none waiting now: waiting max_queue_delay for
+                # company would only add latency (one client at a time). Under load batches hold
+                # several requests, and then the worker waits for the batch to fill as configured.
+                eager=self._last_batch_requests == 1,
             )
             if batch:
+                self._last_batch_requests = len(batch)
                 try:
                     self._run(batch)
                 except Exception as exc:  # the worker must outlive any one batch
