@@ -157,16 +157,17 @@ def markdown(results: dict[str, Any], images: str) -> str:
                   f"Weights: {entry['weights']}. Body: JSON with one base64 PNG ({entry['body_bytes']} bytes), the "
                   f"same for every server; every server answered label {entry['expected_label']} like the in-process "
                   f"model before it was loaded. Client: {_client(entry)}, closed loop.", "",
-                  "| server | connections | req/s (2xx) | p50 ms | p95 ms | p99 ms | errors |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| server | connections | req/s (2xx) | p50 ms | p95 ms | p99 ms | errors | server CPU (cores) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for target_key, target in entry["targets"].items():
             if "error" in target:
-                lines.append(f"| ({target_key}) {target['label']} | - | failed: {target['error'][:80]} | | | | |")
+                lines.append(f"| ({target_key}) {target['label']} | - | failed: {target['error'][:80]} | | | | | |")
             for r in target.get("rows", []):
                 lines.append(f"| ({target_key}) {target['label']} | {r['connections']} | {_f(r['req_per_s'])} | "
-                             f"{_f(r['p50_ms'], 1)} | {_f(r['p95_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_errors(r)} |")
+                             f"{_f(r['p50_ms'], 1)} | {_f(r['p95_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_errors(r)} | "
+                             f"{_f(r.get('server_cpu_cores'), 2)} |")
         for c in entry["ceiling"]["rows"]:
-            lines.append(f"| (e) in-process ceiling, batches of {c['batch']} | - | {_f(c['req_per_s'])} | | | | |")
+            lines.append(f"| (e) in-process ceiling, batches of {c['batch']} | - | {_f(c['req_per_s'])} | | | | | |")
         lines += ["", f"![serving {key}]({images}/serving-{key}.png)"]
     training = results.get("training")
     if training:

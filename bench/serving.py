@@ -73,9 +73,29 @@ def post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (LitServe runs several)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[0] is the state; then ppid, pgrp
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@dataclass
+class Running:
+    url: str
+    pgid: int
+
+
 @contextmanager
-def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 120.0) -> Iterator[str]:
-    """Start the target, wait until it answers the benchmark body with 200; yield its predict URL."""
+def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 120.0) -> Iterator[Running]:
+    """Start the target, wait until it answers the benchmark body with 200; yield its URL and group."""
     port = free_port()
     folder = case.repository / case.name / "1"
     command = [part.format(port=port, model=folder) for part in target.command]
@@ -97,7 +117,7 @@ def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 1
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{target.label} did not answer within {start_timeout:g} s")
             time.sleep(0.25)
-        yield url
+        yield Running(url, process.pid)  # start_new_session: its pid is its process group
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -162,14 +182,18 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
         entry: dict[str, Any] = {"label": target.label, "command": " ".join(target.command), "rows": []}
         results["targets"][target.key] = entry
         try:
-            with running(target, case, log) as url:
+            with running(target, case, log) as server:
+                url = server.url
                 status, answer = post(url, case.body)
                 entry["label_answered"] = answered_label(answer)
                 if entry["label_answered"] != expected:
                     raise RuntimeError(f"{target.label} answered label {entry['label_answered']}, expected {expected}")
                 run_load(url, case.body, max(concurrency), warmup_s, work, client)
                 for c in concurrency:
-                    entry["rows"].append(run_load(url, case.body, c, duration_s, work, client).to_dict())
+                    cpu = group_cpu_seconds(server.pgid)
+                    row = run_load(url, case.body, c, duration_s, work, client).to_dict()
+                    row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
+                    entry["rows"].append(row)
                     print(f"  {case.key} {target.key} c={c}: {entry['rows'][-1]['req_per_s']:.0f} req/s, "
                           f"p99 {entry['rows'][-1]['p99_ms']:.1f} ms, errors {entry['rows'][-1]['errors']}",
                           flush=True)
