@@ -1,0 +1,123 @@
+"""Export: onnxruntime agrees with torch, refusals leave nothing half-written, the torch backend agrees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from models import checkpoint, data
+from models.export import CertifiedModel, ExportError, export_checkpoint, export_model
+from models.gloro import BoundMode
+from models.layers import UnboundedLayerError
+from server.repository import sha256_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("repo") / "tiny-2c2f" / "1"
+    export_checkpoint(trained_run / "checkpoint", out, test_subset=1000, train_command="pytest fixture")
+    return out
+
+
+def test_repository_entry_has_the_contracted_files_and_manifest(exported):
+    assert sorted(p.name for p in exported.iterdir()) == ["README.md", "gloro.json", "model.onnx", "model.safetensors"]
+    manifest = json.loads((exported / "gloro.json").read_text())
+    assert manifest["name"] == "tiny-2c2f" and manifest["version"] == "1"
+    assert manifest["epsilon"] == 0.3 and manifest["train_epsilon"] == 0.45
+    assert manifest["input"] == {"shape": [1, 28, 28], "color_mode": "L", "range": [0.0, 1.0]}
+    assert manifest["onnx"]["sha256"] == sha256_file(exported / "model.onnx")
+    assert manifest["bound"]["safety_factor"] == 1.001
+    for layer in manifest["bound"]["layers"]:
+        assert layer["bound"] >= layer["estimate"] * (1 - 1e-6)
+
+
+def test_graph_has_dynamic_batch_and_the_constants_as_initializers(exported):
+    graph = onnx.load(str(exported / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits", "label", "radius"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    init_names = {i.name for i in graph.initializer}
+    assert any("inverse_K" in name for name in init_names)
+
+
+def test_onnxruntime_agrees_with_torch_on_the_mnist_test_set(exported, trained_run, mnist_dir):
+    model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
+    reference = CertifiedModel.from_gloro(model.eval()).eval()
+    test = data.load("mnist", mnist_dir, train=False).subset(2000)
+    x = test.images.astype(np.float32) / 255.0
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, label, radius = session.run(None, {"input": x})
+    with torch.no_grad():
+        t_logits, t_label, t_radius = reference(torch.from_numpy(x))
+    assert np.array_equal(label, t_label.numpy())
+    np.testing.assert_allclose(radius, t_radius.numpy(), rtol=1e-5, atol=1e-6)
+    # and with the training-side computation, through GloroNet.certify
+    cert = model.certify(torch.from_numpy(x), eps=0.3, mode=BoundMode.SOUND)
+    np.testing.assert_allclose(radius, cert.radius.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_manifest_metrics_are_what_onnxruntime_measures(exported, mnist_dir):
+    manifest = json.loads((exported / "gloro.json").read_text())
+    test = data.load("mnist", mnist_dir, train=False).subset(manifest["metrics"]["n"])
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    _, label, radius = session.run(None, {"input": test.images.astype(np.float32) / 255.0})
+    correct = label == test.labels
+    assert manifest["metrics"]["clean_accuracy"] == pytest.approx(correct.mean())
+    assert manifest["metrics"]["vra"]["0.3"] == pytest.approx((correct & (radius > 0.3)).mean())
+
+
+def test_torch_backend_gives_the_same_answers(exported, mnist_dir):
+    from models.torch_backend import TorchPredictor
+
+    x = data.load("mnist", mnist_dir, train=False).images[:256].astype(np.float32) / 255.0
+    torch_out = TorchPredictor(exported, "cpu").run(x)
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits, label, radius = session.run(None, {"input": x})
+    assert np.array_equal(torch_out["label"], label)
+    np.testing.assert_allclose(torch_out["radius"], radius, rtol=1e-5, atol=1e-6)
+
+
+def test_exporting_the_same_model_again_is_fine_but_a_different_one_is_refused(exported, trained_run, tmp_path):
+    target = tmp_path / "m" / "1"
+    shutil.copytree(exported, target)
+    export_checkpoint(trained_run / "checkpoint", target, test_subset=1000)  # same weights: same file
+    model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
+    with torch.no_grad():
+        model.head.linear.bias.add_(1.0)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(ExportError, match="already holds a different model"):
+        export_model(model, config, target, epochs=3, test_subset=1000)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in target.parent.iterdir()] == ["1"]  # no temporary folder left behind
+
+
+def test_a_model_with_an_unknown_layer_is_refused(trained_run, tmp_path):
+    model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
+    model.body.layers.append(nn.Tanh())
+    with pytest.raises(UnboundedLayerError, match="Tanh"):
+        export_model(model, config, tmp_path / "bad" / "1", epochs=3, test_subset=100)
+    assert not (tmp_path / "bad" / "1").exists()
+
+
+def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(trained_run, tmp_path):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(trained_run / "checkpoint", broken)
+    raw = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        export_checkpoint(broken, tmp_path / "out" / "1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_version_folder_must_be_a_positive_integer(trained_run, tmp_path):
+    with pytest.raises(ExportError, match="positive integer"):
+        export_checkpoint(trained_run / "checkpoint", tmp_path / "m" / "latest", test_subset=100)
