@@ -6,7 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const STROKE = 22;          // pen width on the 280 px pad: about 2 px at 28x28, as in MNIST
   const BOX = 20 / 28;        // MNIST digits fit a 20x20 box inside 28x28, centred by mass
-  const EPS_RANGE = 4;        // the slider goes from 0 to this many times the model's eps
+  const EPS_RANGE = 6;        // the slider goes from 0 to this many times the model's eps
   const state = { models: new Map(), model: null, source: null, seq: 0, controller: null, timer: 0 };
 
   // --- talking to the server -------------------------------------------------------------------
@@ -46,8 +46,10 @@
     const [, height, width] = model.input.shape;
     $("size").textContent = `${width}\u00d7${height}, ${model.input.color_mode}`;
     const slider = $("eps");
-    slider.max = String((model.epsilon || 0.25) * EPS_RANGE);
-    slider.step = String(Number(slider.max) / 400);
+    const unit = model.epsilon || 0.25;
+    const decimal = (x) => String(Number(x.toPrecision(12)));  // 0.3 * 6 is 1.7999999999999998
+    slider.max = decimal(unit * EPS_RANGE);
+    slider.step = decimal(unit / 100);  // the model's eps and the top are on the slider's grid
     slider.value = String(model.epsilon);
     const trained = model.train_epsilon ? `, trained at ${model.train_epsilon}` : "";
     $("eps-hint").textContent = `The model's \u03b5 is ${model.epsilon}${trained}.`;

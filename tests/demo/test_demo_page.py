@@ -37,7 +37,7 @@ MODEL = "mnist-2c2f"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 KEY = "demo-key-123"
-EPS_RANGE = 4  # the page's slider goes to this many times the model's eps (demo.js)
+EPS_RANGE = 6  # the page's slider goes to this many times the model's eps (demo.js)
 WAIT_S = 15
 
 
