@@ -83,7 +83,7 @@ def collect_batch(
     clock: Clock,
     carry: Slice | None = None,
     idle_wait: float = 0.1,
-    eager: bool = False,
+    enough: int = 0,
 ) -> tuple[list[Slice], Slice | None]:
     """Collect up to `max_batch_size` images; return the batch and what did not fit.
 
@@ -91,9 +91,10 @@ def collect_batch(
     wait), or None. The batch starts with `carry` (the rest of a request that spanned the last
     batch), else waits up to `idle_wait` for a first request. It then takes more until it is
     full or `max_queue_delay` has passed since its first request was queued; after that it still
-    takes whatever is already waiting. With `eager` it never waits for more: it takes what is
-    already waiting (the worker asks for this when nothing suggests that others are coming).
-    Requests already answered or past their deadline are dropped.
+    takes whatever is already waiting. Once it holds `enough` requests (0: no such number) it
+    stops waiting and takes only what is already waiting: the worker passes the size of its last
+    batch, as many as are likely to be coming. Requests already answered or past their deadline
+    are dropped.
     """
     batch: list[Slice] = []
     size = 0
@@ -104,7 +105,8 @@ def collect_batch(
             if first_enqueued is None:
                 request = take(idle_wait)
             else:
-                request = take(0.0 if eager else max(0.0, first_enqueued + max_queue_delay - clock()))
+                waited_enough = 0 < enough <= len(batch)
+                request = take(0.0 if waited_enough else max(0.0, first_enqueued + max_queue_delay - clock()))
             if request is None:
                 return batch, None
             if request.abandoned(clock()):
@@ -233,10 +235,11 @@ class Batcher:
                 max_queue_delay=self.config.max_queue_delay,
                 clock=self._clock,
                 carry=self._carry,
-                # A lone request last time and none waiting now: waiting max_queue_delay for
-                # company would only add latency (one client at a time). Under load batches hold
-                # several requests, and then the worker waits for the batch to fill as configured.
-                eager=self._last_batch_requests == 1,
+                # With n clients each waiting for its answer, a batch of n is all that is coming:
+                # waiting max_queue_delay for more would only add latency (2 ms a batch for one or
+                # two clients). More load shows as more requests already waiting, which are taken;
+                # less load waits the delay once, and the next batch expects fewer.
+                enough=self._last_batch_requests,
             )
             if batch:
                 self._last_batch_requests = len(batch)

@@ -69,13 +69,13 @@ def test_full_batch_returns_without_waiting_for_the_delay() -> None:
     assert clock.now == 0.0
 
 
-def test_eager_takes_what_is_waiting_and_does_not_wait_for_more() -> None:
+def test_with_enough_requests_it_takes_what_is_waiting_and_does_not_wait_for_more() -> None:
     clock = FakeClock()
-    first, waiting, late = request(1), request(1), request(1)
-    queue = Arrivals(clock, [(0.0, first), (0.0, waiting), (0.001, late)])
-    batch, carry = collect_batch(queue.take, max_batch_size=4, max_queue_delay=0.01, clock=clock, eager=True)
-    assert [s.request for s in batch] == [first, waiting] and carry is None
-    assert clock.now == 0.0 and queue.waits[1:] == [0.0, 0.0]
+    first, second, waiting, late = request(1), request(1), request(1), request(1)
+    queue = Arrivals(clock, [(0.0, first), (0.002, second), (0.002, waiting), (0.003, late)])
+    batch, carry = collect_batch(queue.take, max_batch_size=8, max_queue_delay=0.01, clock=clock, enough=2)
+    assert [s.request for s in batch] == [first, second, waiting] and carry is None
+    assert clock.now == pytest.approx(0.002) and queue.waits[2:] == [0.0, 0.0]
 
 
 def test_waits_at_most_max_queue_delay_after_the_first_request() -> None:
