@@ -30,11 +30,12 @@ def _per_call(run: Runner, x: np.ndarray, iterations: int, sync: Callable[[], No
 def compare(head: Runner, plain: Runner, x: np.ndarray, rounds: int, round_s: float,
             sync: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median seconds per call of each, over `rounds` interleaved rounds (order alternating)."""
-    for _ in range(3):
+    for _ in range(2):
         head(x), plain(x)
     sync()
-    one = max(_per_call(head, x, 3, sync), 1e-6)
-    iterations = max(3, int(round_s / one))
+    one = max(_per_call(head, x, 1, sync), 1e-6)
+    iterations = max(1, int(round_s / one))
+    rounds = rounds if iterations > 1 else max(5, rounds // 3)  # calls of seconds each: fewer rounds
     times: dict[str, list[float]] = {"head": [], "plain": []}
     for r in range(rounds):
         order = (("head", head), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("head", head))

@@ -167,16 +167,18 @@ def markdown(results: dict[str, Any], images: str) -> str:
                              f"{_f(r['p50_ms'], 1)} | {_f(r['p95_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_errors(r)} | "
                              f"{_f(r.get('server_cpu_cores'), 2)} |")
         for c in entry["ceiling"]["rows"]:
-            lines.append(f"| (e) in-process ceiling, batches of {c['batch']} | - | {_f(c['req_per_s'])} | | | | | |")
+            when = f", {c['when']}" if "when" in c else ", at the start"
+            lines.append(f"| (e) in-process ceiling, batches of {c['batch']}{when} | - | {_f(c['req_per_s'])} "
+                         "| | | | | |")
         lines += ["", f"![serving {key}]({images}/serving-{key}.png)"]
     training = results.get("training")
     if training:
         e, cert = training["epoch"], training["certify"]
         lines += ["", "### Training and certification", "", f"Command: `{results['commands']['training']}`", "",
                   "| what | GloRo | plain cross-entropy | ratio |", "| --- | --- | --- | --- |",
-                  f"| {e['architecture']} training step, batch {e['batch_size']} (median of {e['repeats']} x "
-                  f"{e['steps_timed']} steps) | {1e3 * e['gloro_step_s']:.1f} ms | {1e3 * e['plain_step_s']:.1f} ms | "
-                  f"{e['ratio']:.3f} |",
+                  f"| {e['architecture']} training step, batch {e['batch_size']}, {e.get('threads', 'default')} torch "
+                  f"thread(s) (medians of {e['repeats']} x {e['steps_timed']} steps; ratio: median of back-to-back "
+                  f"pairs) | {1e3 * e['gloro_step_s']:.1f} ms | {1e3 * e['plain_step_s']:.1f} ms | {e['ratio']:.3f} |",
                   f"| epoch of MNIST ({e['steps_per_epoch']} steps) | {e['gloro_epoch_s']:.1f} s | "
                   f"{e['plain_epoch_s']:.1f} s | |", "",
                   f"`gloro-serve certify` ({cert['architecture']}, {cert['n']} test images, {cert['device']}): "

@@ -163,14 +163,31 @@ def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float) -> 
     return {"batch": batch_size, "req_per_s": done / elapsed, "requests": done, "duration_s": elapsed}
 
 
+def settle(url: str, body: bytes, quiet_ms: float = 50.0, limit_s: float = 30.0) -> None:
+    """Wait until the server has drained what the last load level left queued (one request at a
+    time until one answers within `quiet_ms`), so a level does not pay for the one before."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            post(url, body, timeout=limit_s)
+        except OSError:
+            pass
+        if time.perf_counter() - started < quiet_ms / 1000:
+            return
+        time.sleep(0.2)
+
+
 def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, warmup_s: float,
         client: str = "auto", backend: str = "onnxruntime", device: str = "cpu", max_batch_size: int = 32,
-        peers: bool = True, ceiling_batches: tuple[int, ...] = (1, 32)) -> dict[str, Any]:
+        peers: bool = True, ceiling_batches: tuple[int, ...] = (1, 32), headline: int = 64) -> dict[str, Any]:
+    """All targets at every concurrency. The ceiling is measured at the start, and again just
+    before and just after target (a)'s `headline` level (the machine is shared: the target ratio
+    uses the highest ceiling measured, the one least disturbed)."""
     model = in_process_backend(case, backend, device)
     x = decode_images([case.png], model.spec.manifest.input)
     expected = int(model.run(x).label[0])
     ceilings = [ceiling(case, model, b, duration_s) for b in ceiling_batches]
-    del model
     results: dict[str, Any] = {
         "model": case.name, "architecture": case.architecture, "weights": case.weights, "body_bytes": len(case.body),
         "expected_label": expected, "backend": backend, "device": device, "targets": {},
@@ -190,14 +207,24 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
                     raise RuntimeError(f"{target.label} answered label {entry['label_answered']}, expected {expected}")
                 run_load(url, case.body, max(concurrency), warmup_s, work, client)
                 for c in concurrency:
+                    settle(url, case.body)
+                    beside = target.key == "a" and c == headline
+                    if beside:
+                        ceilings.append({**ceiling(case, model, max(ceiling_batches), duration_s / 2),
+                                         "when": f"just before (a) at {c} connections"})
+                        settle(url, case.body)
                     cpu = group_cpu_seconds(server.pgid)
                     row = run_load(url, case.body, c, duration_s, work, client).to_dict()
                     row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
                     entry["rows"].append(row)
+                    if beside:
+                        ceilings.append({**ceiling(case, model, max(ceiling_batches), duration_s / 2),
+                                         "when": f"just after (a) at {c} connections"})
                     print(f"  {case.key} {target.key} c={c}: {entry['rows'][-1]['req_per_s']:.0f} req/s, "
                           f"p99 {entry['rows'][-1]['p99_ms']:.1f} ms, errors {entry['rows'][-1]['errors']}",
                           flush=True)
         except Exception as exc:  # one server failing must not lose the others' results
             entry["error"] = f"{type(exc).__name__}: {exc}"
             print(f"  {case.key} {target.key}: FAILED {entry['error']}", flush=True)
+    results["ceiling"]["req_per_s"] = max(c["req_per_s"] for c in ceilings)
     return results
