@@ -40,6 +40,7 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 class OnnxRuntimeBackend(Backend):
     def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
         super().__init__(spec)
+        self.device = device
         self.providers = providers_for(device)
         self.threads = threads
         self._session: ort.InferenceSession | None = None
@@ -51,6 +52,10 @@ class OnnxRuntimeBackend(Backend):
             )
         except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
             raise BackendError(f"{self.spec.onnx_path}: onnxruntime cannot load it: {exc}") from None
+        if self.device == "cuda" and session.get_providers()[0] != CUDA:
+            # onnxruntime falls back to the CPU quietly when the CUDA provider cannot start
+            raise BackendError(f"--device cuda asked for, but onnxruntime runs {self.spec.name} on "
+                               f"{session.get_providers()[0]} (no usable GPU or CUDA libraries)")
         self._check_contract(session)
         self._session = session
 

@@ -60,6 +60,16 @@ def test_cuda_without_a_provider_is_refused_at_start(tiny_repo: Path, capsys: py
     assert "onnxruntime has no CUDA provider" in capsys.readouterr().err
 
 
+@pytest.mark.unit
+@pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="a real CUDA provider is installed here")
+def test_cuda_that_quietly_falls_back_to_the_cpu_is_refused(tiny_repo: Path, monkeypatch) -> None:
+    """With the CUDA provider present but unusable, onnxruntime would run on the CPU without a word."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    backend = OnnxRuntimeBackend(load_repository(tiny_repo)["tiny"], "cuda")
+    with pytest.raises(BackendError, match="runs tiny on CPUExecutionProvider"):
+        backend.load()
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not HAS_CUDA_PROVIDER, reason="no onnxruntime CUDA provider (onnxruntime-gpu and a GPU) here")
 def test_onnxruntime_cuda_matches_cpu(tiny_repo: Path, mnist_test) -> None:
