@@ -37,6 +37,18 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     serving = results.get("serving", {})
     c = HEADLINE_CONNECTIONS
     mnist = serving.get("mnist")
+    side = {k: h for k, h in results.get("headline", {}).items() if h["connections"] == c}
+    how = "median over rounds of the ratio within a round (all servers up, loaded in turn)"
+    if "mnist" in side:
+        r = side["mnist"]["ratios"]
+        add(f"MNIST at {c} connections: gloro-serve / plain FastAPI (req/s)", r["a/c"], 1.2, True, how)
+        add(f"MNIST at {c} connections: gloro-serve / LitServe (req/s)", r["a/d"], 2.0, True, how)
+        add(f"MNIST at {c} connections: gloro-serve p99 / LitServe p99", r["p99 a/d"], 1.0, False, how)
+        mnist = None
+    if "cifar" in side:
+        add(f"6C2F at {c} connections: gloro-serve / in-process ceiling", side["cifar"]["ratios"]["a/e"], 0.9, True, how)
+        if results.get("overhead") and results["overhead"][0].get("device") == "cuda":
+            add(f"GPU: 6C2F at {c} connections: batching / unbatched", side["cifar"]["ratios"]["a/b"], 10.0, True, how)
     if mnist:
         a, plain, lit = (_row(mnist["targets"].get(k, {}).get("rows", []), c) for k in ("a", "c", "d"))
         ratio = lambda x, y: x["req_per_s"] / y["req_per_s"] if x and y and y["req_per_s"] else None  # noqa: E731
@@ -45,7 +57,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"MNIST at {c} connections: gloro-serve p99 / LitServe p99", a["p99_ms"] / lit["p99_ms"] if a and lit else None,
             1.0, False, "p99 latency ratio")
     cifar = serving.get("cifar")
-    if cifar:
+    if cifar and "cifar" not in side:
         a = _row(cifar["targets"].get("a", {}).get("rows", []), c)
         add(f"6C2F at {c} connections: gloro-serve / in-process ceiling", a["req_per_s"] / cifar["ceiling"]["req_per_s"]
             if a else None, 0.9, True, "successes/s over the best in-process decode + backend rate")
@@ -171,6 +183,24 @@ def markdown(results: dict[str, Any], images: str) -> str:
             lines.append(f"| (e) in-process ceiling, batches of {c['batch']}{when} | - | {_f(c['req_per_s'])} "
                          "| | | | | |")
         lines += ["", f"![serving {key}]({images}/serving-{key}.png)"]
+    for key, h in results.get("headline", {}).items():
+        servers = [k for k in h["median_req_per_s"] if k != "e"]
+        lines += ["", f"### Side by side at {h['connections']} connections: {h['model']}", "",
+                  f"Command: `{results['commands']['serving']}`", "",
+                  f"All servers up at once (idle between turns); {len(h['rounds'])} rounds, each loading every "
+                  f"server in turn for {h['duration_s']:g} s (order rotating) and measuring the in-process ceiling "
+                  "(batches of 32) in the same round. Ratios are taken within a round; the median over rounds is "
+                  "what the targets use.", "",
+                  "| | " + " | ".join(f"({k}) {h['labels'][k]}" for k in [*servers, "e"]) + " |",
+                  "| --- |" + " --- |" * (len(servers) + 1)]
+        for i, rnd in enumerate(h["rounds"], 1):
+            lines.append(f"| round {i}: req/s (p99 ms) | " + " | ".join(
+                f"{_f(rnd[k]['req_per_s'])}" + (f" ({_f(rnd[k]['p99_ms'], 1)})" if k != "e" else "")
+                for k in [*servers, "e"]) + " |")
+        lines.append("| median req/s | " + " | ".join(_f(h["median_req_per_s"][k]) for k in [*servers, "e"]) + " |")
+        lines.append("| median p99 ms | " + " | ".join(_f(h["median_p99_ms"][k], 1) for k in servers) + " | |")
+        lines += ["", "Ratios (median of per-round ratios): " + ", ".join(
+            f"{name} {_f(v, 3)}" for name, v in h["ratios"].items() if v is not None) + "."]
     training = results.get("training")
     if training:
         e, cert = training["epoch"], training["certify"]

@@ -32,10 +32,12 @@ class Plan:
     concurrency: list[int]
     duration_s: float
     warmup_s: float
+    headline_connections: int
+    headline_rounds: int
 
 
-FULL = Plan([1, 32, 256, 1024], 15, 0.2, [1, 2, 4, 8, 16, 32, 64, 128], 10.0, 3.0)
-QUICK = Plan([1, 32], 3, 0.03, [1, 8], 1.5, 0.5)
+FULL = Plan([1, 32, 256, 1024], 15, 0.2, [1, 2, 4, 8, 16, 32, 64, 128], 10.0, 3.0, 64, 3)
+QUICK = Plan([1, 32], 3, 0.03, [1, 8], 1.5, 0.5, 8, 1)
 
 
 def _list(text: str) -> list[str]:
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: serving, {case.name}", flush=True)
             results["serving"][key] = serving.run(
                 case, work, args.concurrency or plan.concurrency, args.duration or plan.duration_s, plan.warmup_s,
+                args.client, args.backend, args.device, args.max_batch_size, peers)
+        results["headline"] = {}
+        for key, case in cases.items():
+            print(f"bench: serving side by side at {plan.headline_connections} connections, {case.name}", flush=True)
+            results["headline"][key] = serving.headline(
+                case, work, plan.headline_connections, args.duration or plan.duration_s, plan.headline_rounds,
                 args.client, args.backend, args.device, args.max_batch_size, peers)
     if "training" in sections:
         print("bench: training and certify", flush=True)

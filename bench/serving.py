@@ -17,8 +17,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,46 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
             print(f"  {case.key} {target.key}: FAILED {entry['error']}", flush=True)
     results["ceiling"]["req_per_s"] = max(c["req_per_s"] for c in ceilings)
     return results
+
+
+def headline(case: ModelCase, work: Path, connections: int, duration_s: float, rounds: int, client: str = "auto",
+             backend: str = "onnxruntime", device: str = "cpu", max_batch_size: int = 32,
+             peers: bool = True) -> dict[str, Any]:
+    """The targets' comparison at one concurrency, robust to a shared machine: every server runs at
+    once (idle between turns), and each round loads each in turn (order rotating), with the
+    in-process ceiling measured in the same round. Ratios are taken within a round, then the
+    median over rounds."""
+    model = in_process_backend(case, backend, device)
+    chosen = targets(case, backend, device, max_batch_size, peers)
+    per_round: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        servers = {t.key: stack.enter_context(running(t, case, work / f"headline-{case.key}-{t.key}.log"))
+                   for t in chosen}
+        for server in servers.values():
+            run_load(server.url, case.body, connections, 2.0, work, client)
+        keys = [*servers, "e"]
+        for r in range(rounds):
+            entry: dict[str, Any] = {}
+            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+                if key == "e":
+                    entry["e"] = ceiling(case, model, max_batch_size, duration_s / 2)
+                    continue
+                settle(servers[key].url, case.body)
+                entry[key] = run_load(servers[key].url, case.body, connections, duration_s, work, client).to_dict()
+            per_round.append(entry)
+            print(f"  {case.key} headline round {r + 1}: " + ", ".join(
+                f"{k} {v['req_per_s']:.0f}" for k, v in entry.items()), flush=True)
+    labels = {t.key: t.label for t in chosen} | {"e": "in-process ceiling (decode + backend, no HTTP)"}
+
+    def median_ratio(x: str, y: str, field: str = "req_per_s") -> float | None:
+        pairs = [e[x][field] / e[y][field] for e in per_round if x in e and y in e and e[y].get(field)]
+        return statistics.median(pairs) if pairs else None
+
+    return {
+        "model": case.name, "connections": connections, "duration_s": duration_s, "rounds": per_round,
+        "labels": labels,
+        "median_req_per_s": {k: statistics.median(e[k]["req_per_s"] for e in per_round) for k in keys},
+        "median_p99_ms": {k: statistics.median(e[k]["p99_ms"] for e in per_round) for k in servers},
+        "ratios": {"a/b": median_ratio("a", "b"), "a/c": median_ratio("a", "c"), "a/d": median_ratio("a", "d"),
+                   "a/e": median_ratio("a", "e"), "p99 a/d": median_ratio("a", "d", "p99_ms")},
+    }

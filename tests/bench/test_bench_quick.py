@@ -60,6 +60,10 @@ def test_quick_mode_writes_results_json(quick_run) -> None:
             assert row["successes"] > 0 and row["errors"] == {} and row["responses"] == row["successes"]
             assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert all(c["req_per_s"] > 0 for c in serving["ceiling"]["rows"])
+    side = results["headline"]["mnist"]
+    assert side["connections"] == 8 and len(side["rounds"]) == 1
+    assert set(side["rounds"][0]) == {"a", "b", "e"} and side["rounds"][0]["a"]["errors"] == {}
+    assert side["ratios"]["a/b"] > 0 and side["ratios"]["a/e"] > 0 and side["ratios"]["a/c"] is None
     training = results["training"]
     assert training["epoch"]["gloro_step_s"] > 0 and training["epoch"]["plain_step_s"] > 0
     assert training["certify"]["images_per_second"] > 0 and training["certify"]["n"] == 500
@@ -80,6 +84,7 @@ def test_quick_mode_writes_plots_and_keeps_hand_written_docs(quick_run) -> None:
     assert "| (a) gloro-serve (batching, max 32) | 2 |" in text
     assert "![serving mnist](../serving-mnist.png)" in text
     assert "Not run: this machine has no GPU" in text
+    assert "### Side by side at 8 connections: mnist-2c2f" in text
 
 
 @pytest.mark.unit
