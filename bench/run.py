@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     work = out / "work" if args.out or args.quick else ROOT / "bench" / "results" / "tmp" / "work"
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    command = "python -m bench.run" + "".join(f" {shlex.quote(a)}" for a in argv)
+    shown = [a for i, a in enumerate(argv) if a != "--note" and (i == 0 or argv[i - 1] != "--note")]
+    command = "python -m bench.run" + "".join(f" {shlex.quote(a)}" for a in shown)  # the note changes no figure
     sections = [s for s in SECTIONS if s in args.only]
     results: dict[str, Any] = {
         "quick": args.quick, "command": command, "note": args.note, "machine": machine.describe(ROOT),

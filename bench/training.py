@@ -66,11 +66,14 @@ def certify_throughput(work: Path, test_subset: int, device: str = "cpu") -> dic
                     "--device", device]
     gloro_serve(*certify_args)
     result = json.loads(report.read_text())
+    def shown(args: list[str]) -> str:
+        return "gloro-serve " + " ".join(args).replace(f"{ROOT}/", "")
+
     return {
         "architecture": result["architecture"], "n": result["n"], "device": device,
         "images_per_second": result["images_per_second"],
-        "command": "gloro-serve " + " ".join(certify_args),
-        "checkpoint_from": "gloro-serve " + " ".join(train_args),
+        "command": shown(certify_args),
+        "checkpoint_from": shown(train_args),
     }
 
 
