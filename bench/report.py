@@ -180,8 +180,9 @@ def markdown(results: dict[str, Any], images: str) -> str:
                              f"{_f(r.get('server_cpu_cores'), 2)} |")
         for c in entry["ceiling"]["rows"]:
             when = f", {c['when']}" if "when" in c else ", at the start"
-            lines.append(f"| (e) in-process ceiling, batches of {c['batch']}{when} | - | {_f(c['req_per_s'])} "
-                         "| | | | | |")
+            threads = f", {c['threads']} thread{'s' if c['threads'] > 1 else ''}" if "threads" in c else ""
+            lines.append(f"| (e) in-process ceiling, batches of {c['batch']}{threads}{when} | - | "
+                         f"{_f(c['req_per_s'])} | | | | | |")
         lines += ["", f"![serving {key}]({images}/serving-{key}.png)"]
     for key, h in results.get("headline", {}).items():
         servers = [k for k in h["median_req_per_s"] if k != "e"]
@@ -189,7 +190,7 @@ def markdown(results: dict[str, Any], images: str) -> str:
                   f"Command: `{results['commands']['serving']}`", "",
                   f"All servers up at once (idle between turns); {len(h['rounds'])} rounds, each loading every "
                   f"server in turn for {h['duration_s']:g} s (order rotating) and measuring the in-process ceiling "
-                  "(batches of 32) in the same round. Ratios are taken within a round; the median over rounds is "
+                  "(batches of 32, the better of 1 and 2 threads) in the same round. Ratios are taken within a round; the median over rounds is "
                   "what the targets use.", "",
                   "| | " + " | ".join(f"({k}) {h['labels'][k]}" for k in [*servers, "e"]) + " |",
                   "| --- |" + " --- |" * (len(servers) + 1)]

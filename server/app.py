@@ -54,6 +54,7 @@ def batch_config(settings: ServerSettings) -> BatchConfig:
         max_queue_delay=settings.max_delay_ms / 1000.0,
         queue_size=settings.max_queue,
         timeout=settings.request_timeout_s,
+        instances=settings.instances,
     )
 
 

@@ -1,10 +1,12 @@
-"""Dynamic batching, per model: a bounded queue, a batch-collecting function, one worker thread.
+"""Dynamic batching, per model: a bounded queue, a batch-collecting function, worker threads.
 
-Requests are typed envelopes whose future exists before they are queued. The worker thread
+Requests are typed envelopes whose future exists before they are queued. Each worker thread
 collects a batch with `collect_batch` (a plain function with an injectable clock, unit-tested
 without a server), runs one forward pass off the event loop, and hands each request its rows.
 A request with more images than fit in a batch spans batches. Names follow Triton:
-max_batch_size, max_queue_delay, queue size, timeout.
+max_batch_size, max_queue_delay, queue size, timeout, and instances (instance_group count): that
+many workers share the queue and the backend, so one batch runs while the next is collected and
+decoded, and a worker the event loop preempts does not stall the other.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class BatchConfig:
     max_queue_delay: float = 0.002  # seconds
     queue_size: int = 256  # requests
     timeout: float = 10.0  # seconds from enqueue to answer
+    instances: int = 1  # worker threads running batches concurrently on the one backend
 
 
 @dataclass(eq=False, slots=True)
@@ -151,7 +154,7 @@ def _expire(future: asyncio.Future, message: str) -> None:
 
 
 class Batcher:
-    """The queue and worker thread of one model."""
+    """The queue and worker threads of one model."""
 
     def __init__(
         self,
@@ -166,17 +169,20 @@ class Batcher:
         self.config = config
         self.metrics = metrics
         self._clock = clock
+        if config.instances < 1:
+            raise ValueError(f"instances must be at least 1, got {config.instances}")
         self._queue: queue.Queue[InferenceRequest] = queue.Queue(config.queue_size)
-        self._carry: Slice | None = None
-        self._last_batch_requests = 0
+        # Each worker's part of a request that spanned its last batch: only that worker touches
+        # its slot; depth() only reads them.
+        self._carries: list[Slice | None] = [None] * config.instances
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- event-loop side -------------------------------------------------------------------
 
     def depth(self) -> int:
         """Requests waiting (a request split across batches counts until its last part runs)."""
-        return self._queue.qsize() + (self._carry is not None)
+        return self._queue.qsize() + sum(c is not None for c in self._carries)
 
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
         if self._stopping:
@@ -207,17 +213,23 @@ class Batcher:
     # -- worker side ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name=f"batcher-{self.model}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"batcher-{self.model}-{i}", daemon=True)
+            for i in range(self.config.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float) -> None:
-        """Stop taking requests, let the worker finish the queue for up to `timeout` seconds."""
+        """Stop taking requests, let the workers finish the queue for up to `timeout` seconds."""
         self._stopping = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        left = []
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        refusal = Unavailable("the server shut down before this request ran")
+        left = [(c.request.future, refusal) for c in self._carries if c is not None]
         while (request := self._take(0)) is not None:
-            left.append((request.future, Unavailable("the server shut down before this request ran")))
+            left.append((request.future, refusal))
         if left:
             _hand_back(left)
 
@@ -227,22 +239,23 @@ class Batcher:
         except queue.Empty:
             return None
 
-    def _work(self) -> None:
-        while not (self._stopping and self._carry is None and self._queue.empty()):
-            batch, self._carry = collect_batch(
+    def _work(self, worker: int) -> None:
+        last_batch_requests = 0
+        while not (self._stopping and self._carries[worker] is None and self._queue.empty()):
+            batch, self._carries[worker] = collect_batch(
                 self._take,
                 max_batch_size=self.config.max_batch_size,
                 max_queue_delay=self.config.max_queue_delay,
                 clock=self._clock,
-                carry=self._carry,
+                carry=self._carries[worker],
                 # With n clients each waiting for its answer, a batch of n is all that is coming:
                 # waiting max_queue_delay for more would only add latency (2 ms a batch for one or
                 # two clients). More load shows as more requests already waiting, which are taken;
                 # less load waits the delay once, and the next batch expects fewer.
-                enough=self._last_batch_requests,
+                enough=last_batch_requests,
             )
             if batch:
-                self._last_batch_requests = len(batch)
+                last_batch_requests = len(batch)
                 try:
                     self._run(batch)
                 except Exception as exc:  # the worker must outlive any one batch

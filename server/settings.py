@@ -48,6 +48,11 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="a request not answered in this time gets 504"
     )
+    instances: int = Field(
+        2, ge=1, le=64,
+        description="worker threads per model, each running its own batches on the one loaded model "
+        "(Triton: instance_group count); 2 overlaps one batch with the next on a CPU",
+    )
     backend: BackendName = Field("onnxruntime", description="inference backend")
     device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
     threads: int = Field(

@@ -51,7 +51,8 @@ class BatchOutput:
 
 
 class Backend(abc.ABC):
-    """One loaded model. `run` is called from one worker thread at a time."""
+    """One loaded model. `run` may be called from several worker threads at once (`--instances`),
+    so implementations must be thread-safe (onnxruntime sessions and torch inference are)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from server.backends.fake import FakeBackend
 from server.batcher import BatchConfig, Batcher, InferenceRequest, Slice, collect_batch
-from server.errors import InferenceFailed, QueueFull, RequestTimeout
+from server.errors import InferenceFailed, QueueFull, RequestTimeout, Unavailable
 from server.repository import load_repository
 
 
@@ -153,6 +154,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def assert_each_got_its_own_rows(inputs: list[np.ndarray], outputs: list) -> None:
+    """The fake backend's label is a function of each image, so rows cannot be swapped unseen."""
+    for x, out in zip(inputs, outputs):
+        expected = np.rint(x.reshape(len(x), -1).mean(axis=1) * 9)
+        assert len(out) == len(x) and np.array_equal(out.label, expected)
+
+
 @pytest.mark.integration
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_spec) -> None:
     backend = FakeBackend(fake_spec, delay_s=0.02)
@@ -166,9 +174,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_sp
 
     inputs, outputs = run(main())
     batcher.stop(1.0)
-    for x, out in zip(inputs, outputs):
-        expected = np.rint(x.reshape(len(x), -1).mean(axis=1) * 9)
-        assert len(out) == len(x) and np.array_equal(out.label, expected)
+    assert_each_got_its_own_rows(inputs, outputs)
     assert max(backend.batch_sizes) > 1 and max(backend.batch_sizes) <= 8
     assert sum(backend.batch_sizes) == sum(len(x) for x in inputs)
     assert batcher.depth() == 0
@@ -211,3 +217,66 @@ def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
     batcher.stop(2.0)
     assert all(isinstance(r, RequestTimeout) for r in results)
     assert backend.batch_sizes == [1]  # the expired ones were dropped, not run
+
+
+class ConcurrencyProbe(FakeBackend):
+    """A slow fake backend that records how many batches it ran at the same time."""
+
+    def __init__(self, spec, delay_s: float) -> None:
+        super().__init__(spec, delay_s=delay_s)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def _forward(self, batch: np.ndarray):
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super()._forward(batch)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.integration
+def test_instances_run_batches_concurrently_and_each_request_still_gets_its_own_rows(fake_spec) -> None:
+    backend = ConcurrencyProbe(fake_spec, delay_s=0.05)
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=4, max_queue_delay=0.005, instances=2))
+    batcher.start()
+
+    async def main():
+        # Sizes 1..9 with a batch of 4: some requests span two or three batches of one worker.
+        inputs = [np.full((1 + i % 9, 1, 28, 28), i / 30, np.float32) for i in range(30)]
+        return inputs, await asyncio.gather(*(batcher.infer(x) for x in inputs))
+
+    inputs, outputs = run(main())
+    assert batcher.depth() == 0
+    batcher.stop(1.0)
+    assert backend.most_at_once == 2
+    assert_each_got_its_own_rows(inputs, outputs)
+    assert sum(backend.batch_sizes) == sum(len(x) for x in inputs)
+
+
+@pytest.mark.integration
+def test_stop_answers_every_queued_request_of_every_instance(fake_spec) -> None:
+    backend = FakeBackend(fake_spec, delay_s=0.3)
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=2, instances=2, timeout=5.0))
+    batcher.start()
+
+    async def main():
+        x = np.zeros((3, 1, 28, 28), np.float32)  # spans two batches: a carry is left mid-request
+        pending = [asyncio.ensure_future(batcher.infer(x)) for _ in range(6)]
+        await asyncio.sleep(0.1)  # both workers are inside their first batch
+        await asyncio.to_thread(batcher.stop, 0.05)  # too short to finish: the rest is refused
+        return await asyncio.gather(*pending, return_exceptions=True)
+
+    results = run(main())
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert refused and all(isinstance(r, Unavailable) or len(r) == 3 for r in results)
+    assert "shut down" in str(refused[0])
+
+
+def test_instances_must_be_positive(fake_spec) -> None:
+    with pytest.raises(ValueError, match="instances"):
+        Batcher("tiny", FakeBackend(fake_spec), BatchConfig(instances=0))

@@ -61,18 +61,27 @@ def test_a_failing_batch_fails_only_its_own_requests(tiny_repo: Path, mnist_test
         assert [r.status_code for r in burst(url, 4, content=png, headers=PNG)] == [200] * 4
 
 
+def hang_then_three(url: str, png: bytes) -> list[httpx.Response]:
+    """A request that hangs the model, then three good ones sent while it hangs."""
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            hang = asyncio.ensure_future(client.post(url, **pixels(HANG_PIXEL)))
+            await asyncio.sleep(0.3)  # a worker is now stuck on it
+            return await asyncio.gather(hang, *(client.post(url, content=png, headers=PNG) for _ in range(3)))
+
+    return asyncio.run(main())
+
+
+HANGING = ("--hang-s", "3", "--request-timeout-s", "1", "--max-batch-size", "1")
+
+
 def test_a_hanging_model_gives_504_then_recovers(tiny_repo: Path, mnist_test) -> None:
     png = png_bytes(mnist_test[0][0])
-    with fault_server(tiny_repo, "--hang-s", "3", "--request-timeout-s", "1", "--max-batch-size", "1") as process:
+    # One instance: the requests queued behind the stuck batch cannot run either.
+    with fault_server(tiny_repo, *HANGING, "--instances", "1") as process:
         url = process.url + "/v1/predict"
-
-        async def main():
-            async with httpx.AsyncClient(timeout=30) as client:
-                hang = asyncio.ensure_future(client.post(url, **pixels(HANG_PIXEL)))
-                await asyncio.sleep(0.3)  # the model is now stuck on it; the others queue behind
-                return await asyncio.gather(hang, *(client.post(url, content=png, headers=PNG) for _ in range(3)))
-
-        answers = asyncio.run(main())
+        answers = hang_then_three(url, png)
         assert [r.status_code for r in answers] == [504] * 4
         assert all("did not answer within 1 s" in r.json()["error"] for r in answers)
         wait_for_empty_queue(process)
@@ -80,6 +89,15 @@ def test_a_hanging_model_gives_504_then_recovers(tiny_repo: Path, mnist_test) ->
         while (r := httpx.post(url, content=png, headers=PNG, timeout=10)).status_code != 200:
             assert time.monotonic() < deadline and r.status_code == 504
         assert r.json()["predictions"][0]["label"] == mnist_test[1][0]
+
+
+def test_with_two_instances_a_hanging_batch_costs_only_its_own_request(tiny_repo: Path, mnist_test) -> None:
+    png = png_bytes(mnist_test[0][0])
+    with fault_server(tiny_repo, *HANGING, "--instances", "2") as process:
+        hung, *others = hang_then_three(process.url + "/v1/predict", png)
+        assert hung.status_code == 504 and "did not answer within 1 s" in hung.json()["error"]
+        assert [r.status_code for r in others] == [200] * 3
+        assert all(r.json()["predictions"][0]["label"] == mnist_test[1][0] for r in others)
 
 
 def test_clients_that_leave_leak_nothing(tiny_repo: Path, mnist_test) -> None:
