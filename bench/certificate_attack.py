@@ -1,7 +1,8 @@
 """Certificate integrity: attack every certified test point of the shipped models with l2 PGD.
 
-    python -m bench.certificate_attack                      # every certified point (CPU: hours)
+    python -m bench.certificate_attack                      # every certified point of every model
     python -m bench.certificate_attack --limit 500          # the first 500 certified points per model
+    python -m bench.certificate_attack --models mnist-4c3f  # one model; the others keep their last result
 
 For each model in server/model_repository (highest version), the torch module is loaded from its
 safetensors, the test set is certified at the manifest's ``epsilon``, and every certified point is
@@ -9,7 +10,8 @@ attacked with ``models.attack.pgd_l2`` (random restarts in the eps ball, not cli
 certificate covers the whole ball). A certificate is broken when the attack finds a point within eps
 whose predicted class differs; the count must be 0. As a check that the attack has teeth, the same
 attack at ``--teeth-factor`` x eps on the first points must break some of them.
-Writes bench/results/certificate_attack.json.
+Writes bench/results/certificate_attack.json: one entry per model, each with the command, date and
+machine that produced it, so a run over some models keeps the others' earlier results.
 """
 
 from __future__ import annotations
@@ -93,8 +95,19 @@ def attack_model(version_dir: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def _earlier_results(path: Path) -> dict[str, dict]:
+    """Per-model entries of an earlier run (older files kept command/date/machine at the top)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    top = {k: saved[k] for k in ("command", "date", "machine") if k in saved}
+    return {m["model"]: top | m for m in saved.get("models", [])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=None, help="model names to attack (default: every shipped one)")
     parser.add_argument("--limit", type=int, default=None, help="attack only the first N certified points per model")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--restarts", type=int, default=10)
@@ -109,12 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m bench.certificate_attack " + " ".join(sys.argv[1:] if argv is None else argv)
-    models = [attack_model(version_dir, args) for version_dir in shipped(args.repository)]
+    command = ("python -m bench.certificate_attack " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    chosen = shipped(args.repository)
+    if args.models is not None:
+        unknown = set(args.models) - {d.parent.name for d in chosen}
+        if unknown:
+            print(f"certificate_attack: no shipped model named {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        chosen = [d for d in chosen if d.parent.name in args.models]
+    run = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
+                       "torch_threads": torch.get_num_threads()}}
+    fresh = {m["model"]: m | run for m in (attack_model(d, args) for d in chosen)}
+    # An earlier entry counts only while the version it attacked is still the one shipped.
+    served = {d.parent.name: d.name for d in shipped(args.repository)}
+    kept = {name: m for name, m in _earlier_results(args.out).items() if served.get(name) == m.get("version")}
+    models = [m for name in sorted(served) if (m := fresh.get(name) or kept.get(name))]
     result = {
-        "command": command.strip(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
-                    "torch_threads": torch.get_num_threads()},
         "total_attacked": sum(m["attacked"] for m in models),
         "total_broken": sum(m["broken"] for m in models),
         "complete": all(m["complete"] for m in models),
