@@ -49,9 +49,9 @@ class ServerSettings(BaseSettings):
         10.0, gt=0, le=3600, description="a request not answered in this time gets 504"
     )
     instances: int = Field(
-        2, ge=1, le=64,
+        1, ge=1, le=64,
         description="worker threads per model, each running its own batches on the one loaded model "
-        "(Triton: instance_group count); 2 overlaps one batch with the next on a CPU",
+        "(Triton: instance_group count); 2 can help a compute-bound model on a CPU",
     )
     backend: BackendName = Field("onnxruntime", description="inference backend")
     device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
