@@ -193,8 +193,8 @@ def markdown(results: dict[str, Any], images: str) -> str:
                   f"Command: `{results['commands']['serving']}`", "",
                   f"All servers up at once (idle between turns); {len(h['rounds'])} rounds, each loading every "
                   f"server in turn for {h['duration_s']:g} s (order rotating) and measuring the in-process ceiling "
-                  "(batches of 32, the better of 1 and 2 threads) in the same round. Ratios are taken within a round; the median over rounds is "
-                  "what the targets use.", "",
+                  "(batches of 32, the better of 1 and 2 threads) in the same round. Ratios are taken within a "
+                  "round; the median over rounds is what the targets use.", "",
                   "| | " + " | ".join(f"({k}) {h['labels'][k]}" for k in [*servers, "e"]) + " |",
                   "| --- |" + " --- |" * (len(servers) + 1)]
         for i, rnd in enumerate(h["rounds"], 1):

@@ -5,8 +5,7 @@ collects a batch with `collect_batch` (a plain function with an injectable clock
 without a server), runs one forward pass off the event loop, and hands each request its rows.
 A request with more images than fit in a batch spans batches. Names follow Triton:
 max_batch_size, max_queue_delay, queue size, timeout, and instances (instance_group count): that
-many workers share the queue and the backend, so one batch runs while the next is collected and
-decoded, and a worker the event loop preempts does not stall the other.
+many workers share the queue and the one loaded backend, each running its own batches.
 """
 
 from __future__ import annotations
@@ -226,10 +225,10 @@ class Batcher:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        refusal = Unavailable("the server shut down before this request ran")
-        left = [(c.request.future, refusal) for c in self._carries if c is not None]
+        message = "the server shut down before this request ran"
+        left = [(c.request.future, Unavailable(message)) for c in self._carries if c is not None]
         while (request := self._take(0)) is not None:
-            left.append((request.future, refusal))
+            left.append((request.future, Unavailable(message)))
         if left:
             _hand_back(left)
 
