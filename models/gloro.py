@@ -17,8 +17,11 @@ from torch import nn
 from models.layers import BoundedSequential, Linear
 
 # Frozen constants are multiplied by this before certification, so that float32 rounding in the
-# logits (measured far smaller: tests/models/test_float_safety.py) can never flip a certificate.
-SAFETY_FACTOR = 1.001
+# logits can never flip a certificate: it buys eps * (factor - 1) * K_ij of margin for each pair,
+# which tests/models/test_shipped_models.py requires to be 100x the float32-vs-float64 error on
+# the test set. 1.001 bought only 69x on a 4C3F whose classes 4 and 9 have nearly equal head rows
+# (K = 0.57); 1.005 buys about 340x there. Models exported earlier keep theirs (gloro.json says which).
+SAFETY_FACTOR = 1.005
 
 
 class BoundMode(str, Enum):

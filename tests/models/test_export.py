@@ -15,7 +15,7 @@ from torch import nn
 
 from models import checkpoint, data
 from models.export import CertifiedModel, ExportError, export_checkpoint, export_model
-from models.gloro import BoundMode
+from models.gloro import SAFETY_FACTOR, BoundMode
 from models.layers import UnboundedLayerError
 from server.repository import sha256_file
 
@@ -36,7 +36,7 @@ def test_repository_entry_has_the_contracted_files_and_manifest(exported):
     assert manifest["epsilon"] == 0.3 and manifest["train_epsilon"] == 0.45
     assert manifest["input"] == {"shape": [1, 28, 28], "color_mode": "L", "range": [0.0, 1.0]}
     assert manifest["onnx"]["sha256"] == sha256_file(exported / "model.onnx")
-    assert manifest["bound"]["safety_factor"] == 1.001
+    assert manifest["bound"]["safety_factor"] == SAFETY_FACTOR
     for layer in manifest["bound"]["layers"]:
         assert layer["bound"] >= layer["estimate"] * (1 - 1e-6)
 
