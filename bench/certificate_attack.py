@@ -123,20 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = ("python -m bench.certificate_attack " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    chosen = shipped(args.repository)
-    if args.models is not None:
-        unknown = set(args.models) - {d.parent.name for d in chosen}
-        if unknown:
-            print(f"certificate_attack: no shipped model named {', '.join(sorted(unknown))}", file=sys.stderr)
-            return 2
-        chosen = [d for d in chosen if d.parent.name in args.models]
+    served = {d.parent.name: d for d in shipped(args.repository)}
+    unknown = set(args.models or ()) - set(served)
+    if unknown:
+        print(f"certificate_attack: no shipped model named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    chosen = [d for name, d in served.items() if args.models is None or name in args.models]
     run = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": args.device,
                        "torch_threads": torch.get_num_threads()}}
     fresh = {m["model"]: m | run for m in (attack_model(d, args) for d in chosen)}
     # An earlier entry counts only while the version it attacked is still the one shipped.
-    served = {d.parent.name: d.name for d in shipped(args.repository)}
-    kept = {name: m for name, m in _earlier_results(args.out).items() if served.get(name) == m.get("version")}
+    kept = {name: m for name, m in _earlier_results(args.out).items()
+            if name in served and served[name].name == m.get("version")}
     models = [m for name in sorted(served) if (m := fresh.get(name) or kept.get(name))]
     result = {
         "total_attacked": sum(m["attacked"] for m in models),
