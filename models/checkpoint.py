@@ -53,6 +53,8 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 100
     seed: int = 0
+    init_from: str | None = None  # fine-tuning: the checkpoint whose weights training started from
+    init_epochs: int = 0  # epochs those starting weights had already been trained for
     train_subset: int | None = None
     test_subset: int | None = None
     input_shape: list[int] = field(default_factory=list)  # filled from the data set
@@ -145,6 +147,11 @@ def load_model(folder: Path, config: TrainConfig | None = None) -> tuple[GloroNe
         raise CheckpointError(f"{folder} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
     return model, config, state
+
+
+def trained_epochs(config: TrainConfig, state: dict[str, Any]) -> int:
+    """All epochs behind a checkpoint's weights, including those of the run it was fine-tuned from."""
+    return int(state["epoch"]) + int(config.init_epochs)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

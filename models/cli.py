@@ -82,6 +82,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights with a fresh optimiser and schedules "
+                        "(same architecture, activation and data set)")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop this invocation after N epochs (schedules still span --epochs); resume later")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

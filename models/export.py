@@ -150,7 +150,7 @@ def export_checkpoint(checkpoint_dir: Path, out: Path, eps: float | None = None,
                       test_subset: int | None = None, train_command: str | None = None,
                       force: bool = False) -> dict[str, Any]:
     model, config, state = checkpoint.load_model(Path(checkpoint_dir))
-    return export_model(model, config, Path(out), epochs=state["epoch"], eps=eps, data_dir=data_dir,
+    return export_model(model, config, Path(out), epochs=checkpoint.trained_epochs(config, state), eps=eps, data_dir=data_dir,
                         test_subset=test_subset, train_command=train_command, force=force)
 
 

@@ -74,8 +74,34 @@ class MinMax(FreeLayer):
         c = x.shape[1]
         if c % 2:
             raise ValueError(f"MinMax needs an even number of channels, got {c}")
+        if self.training and torch.is_grad_enabled():
+            return _MinMaxPairs.apply(x)
         a, b = x[:, : c // 2], x[:, c // 2 :]
         return torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)
+
+
+class _MinMaxPairs(torch.autograd.Function):
+    """MinMax for training: one comparison, and a backward that routes each gradient back.
+
+    Autograd's minimum/maximum backward splits gradients at ties (eq, div, where, masked_fill for
+    each op), which cost a third of a 4C3F training step on a CPU. Routing by the saved comparison
+    gives the same values and, except at exact ties, the same gradients. Export and evaluation
+    (eval mode) keep the plain minimum/maximum, so the ONNX graph is unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        a, b = x.chunk(2, dim=1)
+        a_larger = a > b
+        ctx.save_for_backward(a_larger)
+        return torch.cat([torch.where(a_larger, b, a), torch.where(a_larger, a, b)], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (a_larger,) = ctx.saved_tensors
+        grad_low, grad_high = grad.chunk(2, dim=1)
+        return torch.cat([torch.where(a_larger, grad_high, grad_low),
+                          torch.where(a_larger, grad_low, grad_high)], dim=1)
 
 
 class Flatten(FreeLayer):

@@ -111,7 +111,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
         _say(runtime, f"resuming from {last} at epoch {start_epoch}")
     else:
         torch.manual_seed(config.seed)
-        model = config.build_model()
+        model = _starting_model(config, runtime)
     model.to(runtime.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if start_epoch:
@@ -196,12 +196,27 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     return record
 
 
-def _check_resume_matches(saved: TrainConfig, asked: TrainConfig) -> None:
-    for key in ("architecture", "activation", "dataset"):
+def _starting_model(config: TrainConfig, runtime: Runtime) -> GloroNet:
+    """Fresh weights, or (fine-tuning) the weights of ``config.init_from`` with a fresh optimiser."""
+    if not config.init_from:
+        return config.build_model()
+    model, source, state = checkpoint.load_model(Path(config.init_from))
+    _check_same_network(source, config, "fine-tune from")
+    config.init_epochs = checkpoint.trained_epochs(source, state)
+    _say(runtime, f"fine-tuning from {config.init_from} ({config.init_epochs} epochs trained)")
+    return model
+
+
+def _check_same_network(saved: TrainConfig, asked: TrainConfig, action: str) -> None:
+    for key in ("architecture", "activation", "dataset", "lln"):
         if getattr(saved, key) != getattr(asked, key):
             raise checkpoint.CheckpointError(
-                f"cannot resume: the checkpoint is {key}={getattr(saved, key)!r}, "
+                f"cannot {action} it: the checkpoint is {key}={getattr(saved, key)!r}, "
                 f"but {key}={getattr(asked, key)!r} was asked for")
+
+
+def _check_resume_matches(saved: TrainConfig, asked: TrainConfig) -> None:
+    _check_same_network(saved, asked, "resume from")
     saved.epochs = asked.epochs  # resuming may extend training
 
 

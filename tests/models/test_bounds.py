@@ -113,6 +113,23 @@ def test_activations_are_one_lipschitz_and_minmax_sorts_pairs():
     assert ((MinMax()(a) - MinMax()(b)).norm(dim=1) <= (a - b).norm(dim=1) + 1e-6).all()
 
 
+@pytest.mark.parametrize("shape", [(16, 8), (4, 6, 5, 5)])
+def test_minmax_training_path_matches_the_exported_one_in_values_and_gradients(shape):
+    # Training uses a hand-written backward (speed); eval and export use minimum/maximum.
+    torch.manual_seed(0)
+    x, upstream = torch.randn(*shape, requires_grad=True), torch.randn(*shape)
+    outputs, gradients = [], []
+    for training in (True, False):
+        layer = MinMax().train(training)
+        y = layer(x)
+        (y * upstream).sum().backward()
+        outputs.append(y.detach())
+        gradients.append(x.grad.clone())
+        x.grad = None
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(gradients[0], gradients[1])
+
+
 def test_power_iteration_estimate_approaches_the_bound_from_below():
     torch.manual_seed(0)
     layer = Conv2d(3, 8, 3)

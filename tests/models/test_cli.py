@@ -37,6 +37,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     (["train", "--train-eps", "inf"], ["eps", "inf"]),
     (["train", "--epochs", "0"], ["--epochs"]),
     (["train", "--data-dir", "/nonexistent/mnist"], ["/nonexistent/mnist", "does not exist"]),
+    (["train", "--init-from", "/nonexistent/ckpt"], ["/nonexistent/ckpt", "missing state.json"]),
 ])
 def test_train_rejects_bad_arguments(tmp_path, args, fragments):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "run")), *fragments)

@@ -57,6 +57,39 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path, mnist_dir
         train(other, tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.integration
+def test_fine_tuning_starts_from_the_given_weights_and_counts_their_epochs(tmp_path, trained_run):
+    config = _config_from(trained_run, epochs=1, lr=1e-9, final_lr=1e-9)
+    config.init_from = str(trained_run / "checkpoint")
+    record = train(config, tmp_path / "tuned", progress=False)
+    start = load_file(trained_run / "checkpoint" / "model.safetensors")
+    tuned = load_file(tmp_path / "tuned" / "checkpoint" / "model.safetensors")
+    for key in start:
+        if not key.endswith(".u"):  # power-iteration iterates move without any lr
+            assert torch.allclose(start[key], tuned[key], atol=1e-6), key
+    before = json.loads((trained_run / "log.jsonl").read_text().splitlines()[-1])
+    assert record["test_accuracy"] == pytest.approx(before["test_accuracy"], abs=0.01)
+    saved = checkpoint.load_config(tmp_path / "tuned" / "checkpoint")
+    assert saved.init_from == str(trained_run / "checkpoint") and saved.init_epochs == 3
+    assert checkpoint.trained_epochs(saved, checkpoint.load_state(tmp_path / "tuned" / "checkpoint")) == 4
+
+
+@pytest.mark.integration
+def test_fine_tuning_refuses_a_checkpoint_of_another_network(tmp_path, trained_run):
+    config = _config_from(trained_run, epochs=1)
+    config.init_from, config.activation = str(trained_run / "checkpoint"), "relu"
+    with pytest.raises(checkpoint.CheckpointError, match="activation='minmax'"):
+        train(config, tmp_path / "tuned", progress=False)
+    assert not (tmp_path / "tuned" / "checkpoint").exists()
+
+
+def _config_from(run: Path, **changes) -> TrainConfig:
+    config = checkpoint.load_config(run / "checkpoint")
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
 @pytest.mark.e2e
 def test_two_process_torchrun_on_cpu(tmp_path, mnist_dir):
     out = tmp_path / "ddp"
