@@ -54,6 +54,7 @@ def plot_curve(curves: dict[str, Evaluation], max_eps: float, path: Path, title:
 def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: str | None, test_subset: int | None,
                        plot: Path | None, device: str = "auto") -> dict[str, Any]:
     model, config, state = checkpoint.load_model(Path(folder))
+    epochs = checkpoint.trained_epochs(config, state)
     dev = resolve_device(device)
     model.to(dev)
     eps_values = eps_values or sorted({config.eps, config.train_eps})
@@ -67,11 +68,11 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
         row["ratio"] = row["bound"] / row["estimate"] if row["estimate"] else float("inf")
     report = {
         "checkpoint": str(folder), "architecture": config.architecture, "dataset": config.dataset,
-        "epochs": state["epoch"], "n": int(len(test_set.labels)),
+        "epochs": epochs, "n": int(len(test_set.labels)),
         "clean_accuracy": sound.clean_accuracy,
         "sound": {"body_lipschitz": model.body.lipschitz_bound() * SAFETY_FACTOR,
                   "safety_factor": SAFETY_FACTOR, "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
-        "estimate": {"body_lipschitz": float(model.body.lipschitz_estimate()),
+        "estimate": {"body_lipschitz": float(model.body.lipschitz_estimate().detach()),
                      "vra": {f"{e:g}": estimate.vra(e) for e in eps_values}},
         "layers": layers,
         "radius_histogram": radius_histogram(sound),
@@ -80,6 +81,6 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
     if plot is not None:
         plot_curve({"sound bound": sound, "power-iteration estimate (unsound)": estimate},
                    max_eps=2.5 * max(eps_values), path=Path(plot),
-                   title=f"{config.architecture} on {config.dataset} ({state['epoch']} epochs)", marks=eps_values)
+                   title=f"{config.architecture} on {config.dataset} ({epochs} epochs)", marks=eps_values)
         report["plot"] = str(plot)
     return report
