@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path, mnist_dir
 
 @pytest.mark.integration
 def test_fine_tuning_starts_from_the_given_weights_and_counts_their_epochs(tmp_path, trained_run):
-    config = _config_from(trained_run, epochs=1, lr=1e-9, final_lr=1e-9)
-    config.init_from = str(trained_run / "checkpoint")
+    config = replace(checkpoint.load_config(trained_run / "checkpoint"), epochs=1, lr=1e-9, final_lr=1e-9,
+                     init_from=str(trained_run / "checkpoint"))
     record = train(config, tmp_path / "tuned", progress=False)
     start = load_file(trained_run / "checkpoint" / "model.safetensors")
     tuned = load_file(tmp_path / "tuned" / "checkpoint" / "model.safetensors")
@@ -76,18 +77,11 @@ def test_fine_tuning_starts_from_the_given_weights_and_counts_their_epochs(tmp_p
 
 @pytest.mark.integration
 def test_fine_tuning_refuses_a_checkpoint_of_another_network(tmp_path, trained_run):
-    config = _config_from(trained_run, epochs=1)
-    config.init_from, config.activation = str(trained_run / "checkpoint"), "relu"
+    config = replace(checkpoint.load_config(trained_run / "checkpoint"), epochs=1, activation="relu",
+                     init_from=str(trained_run / "checkpoint"))
     with pytest.raises(checkpoint.CheckpointError, match="activation='minmax'"):
         train(config, tmp_path / "tuned", progress=False)
     assert not (tmp_path / "tuned" / "checkpoint").exists()
-
-
-def _config_from(run: Path, **changes) -> TrainConfig:
-    config = checkpoint.load_config(run / "checkpoint")
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return config
 
 
 @pytest.mark.e2e
