@@ -2,9 +2,13 @@
 
 A checkpoint is a folder:
 
-    model.safetensors       the GloroNet state dict (weights and power-iteration iterates)
+    model.safetensors       the GloroNet state dict (weights and power-iteration iterates): the
+                            network the checkpoint stands for, evaluated, certified and exported
     optimizer.safetensors   the optimiser's per-parameter tensors (absent in exported copies)
-    state.json              {"format": 1, "config": {...}, "epoch": n, "history": [...]}
+    trained.safetensors     only when training keeps a weight average (``ema_decay``): the raw
+                            optimised weights, for resuming; model.safetensors is then the average
+    state.json              {"format": 1, "config": {...}, "epoch": n, "history": [...],
+                             "average_updates": n (with a weight average)}
 
 Folders are written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written checkpoint.
@@ -48,6 +52,7 @@ class TrainConfig:
     trades_lambda: float = 1.0
     lln: bool = False
     lr: float = 1e-3
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; it is the product
     final_lr: float = 1e-6
     lr_schedule: str = "decay-after-half"
     batch_size: int = 256
@@ -85,19 +90,29 @@ def _commit_folder(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
-def save(folder: Path, model: GloroNet, config: TrainConfig, epoch: int, history: list[dict[str, Any]],
-         optimizer: torch.optim.Optimizer | None = None) -> None:
+def save(folder: Path, model: torch.nn.Module, config: TrainConfig, epoch: int, history: list[dict[str, Any]],
+         optimizer: torch.optim.Optimizer | None = None, trained: torch.nn.Module | None = None,
+         average_updates: int | None = None) -> None:
+    """Write a checkpoint; ``model`` is its network, ``trained`` the raw weights behind an average."""
     tmp, target = _atomic_folder(Path(folder))
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_file(_state_tensors(model), tmp / "model.safetensors")
         if optimizer is not None:
             save_file(_optimizer_tensors(optimizer), tmp / "optimizer.safetensors")
+        if trained is not None:
+            save_file(_state_tensors(trained), tmp / "trained.safetensors")
         state = {"format": FORMAT, "config": asdict(config), "epoch": epoch, "history": history}
+        if average_updates is not None:
+            state["average_updates"] = average_updates
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _commit_folder(tmp, target)
+
+
+def _state_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -130,8 +145,12 @@ def load_config(folder: Path) -> TrainConfig:
         raise CheckpointError(f"{folder}/state.json has a bad config: {exc}") from None
 
 
-def load_model(folder: Path, config: TrainConfig | None = None) -> tuple[GloroNet, TrainConfig, dict[str, Any]]:
-    """Rebuild the model from the checkpoint's own config (or ``config``) and load its weights."""
+def load_model(folder: Path, config: TrainConfig | None = None,
+               weights: str = "model") -> tuple[GloroNet, TrainConfig, dict[str, Any]]:
+    """Rebuild the model from the checkpoint's own config (or ``config``) and load its weights.
+
+    ``weights="trained"`` loads the raw optimised weights of a run that keeps a weight average.
+    """
     folder = Path(folder)
     state = load_state(folder)
     config = config or load_config(folder)
@@ -139,7 +158,7 @@ def load_model(folder: Path, config: TrainConfig | None = None) -> tuple[GloroNe
         model = config.build_model()
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
-    tensors = _load_tensors(folder / "model.safetensors")
+    tensors = load_weights(folder, weights)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -147,6 +166,13 @@ def load_model(folder: Path, config: TrainConfig | None = None) -> tuple[GloroNe
         raise CheckpointError(f"{folder} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
     return model, config, state
+
+
+def load_weights(folder: Path, weights: str = "model") -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` or (``weights="trained"``) ``trained.safetensors``."""
+    if weights not in ("model", "trained"):
+        raise ValueError(f"unknown checkpoint weights {weights!r}")
+    return _load_tensors(Path(folder) / f"{weights}.safetensors")
 
 
 def trained_epochs(config: TrainConfig, state: dict[str, Any]) -> int:

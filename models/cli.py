@@ -57,6 +57,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A decay: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GloRo net")
     d = TrainConfig()
@@ -73,6 +84,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lln", action="store_true", help="last-layer row normalisation")
     p.add_argument("--optimizer", default="adam", choices=["adam"])
     p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--ema-decay", type=unit_interval, default=None,
+                   help="keep an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.999); the average is evaluated, checkpointed and exported")
     p.add_argument("--final-lr", type=positive_float, default=d.final_lr)
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)

@@ -22,6 +22,7 @@ from models.evaluate import evaluate, is_collapsed
 from models.gloro import BoundMode, GloroNet, RadiusHead
 from models.losses import make_loss
 from models.schedules import eps_schedule, lr_schedule
+from models.weight_average import WeightAverage
 
 
 @dataclass(frozen=True)
@@ -103,16 +104,21 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     last = out / "checkpoint"
     history: list[dict] = []
     start_epoch = 0
+    state: dict = {}
     if resume and (last / "state.json").exists():
-        model, saved, state = checkpoint.load_model(last)
+        saved = checkpoint.load_config(last)
         _check_resume_matches(saved, config)
         config = saved
+        model, _, state = checkpoint.load_model(last, config, weights="trained" if config.ema_decay else "model")
         history, start_epoch = state["history"], state["epoch"]
         _say(runtime, f"resuming from {last} at epoch {start_epoch}")
     else:
         torch.manual_seed(config.seed)
         model = _starting_model(config, runtime)
     model.to(runtime.device)
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    if average is not None and start_epoch:
+        average.restore(checkpoint.load_weights(last), int(state.get("average_updates", 0)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if start_epoch:
         checkpoint.load_optimizer(last, optimizer)
@@ -157,6 +163,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update()
             with torch.no_grad():
                 label, radius = RadiusHead(K.detach())(logits)
                 margin_ok = radius > config.eps
@@ -171,8 +179,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
         seconds = time.perf_counter() - started
         if not runtime.is_main:
             continue
-        result = evaluate(model, test_set, BoundMode.SOUND, device=runtime.device)
-        k_sound = model.body.lipschitz_bound()
+        # With a weight average, the average is what the checkpoint stands for and what is tested.
+        product = average.averaged() if average is not None else model
+        result = evaluate(product, test_set, BoundMode.SOUND, device=runtime.device)
+        k_sound = product.body.lipschitz_bound()
         seen = totals["seen"]
         record = {
             "epoch": epoch + 1, "seconds": round(seconds, 3), "train_eps": round(eps, 6),
@@ -184,7 +194,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
         history.append(record)
         with (out / "log.jsonl").open("a") as log:
             log.write(json.dumps(record) + "\n")
-        checkpoint.save(last, model, config, epoch + 1, history, optimizer)
+        checkpoint.save(last, product, config, epoch + 1, history, optimizer,
+                        trained=model if average is not None else None,
+                        average_updates=average.updates if average is not None else None)
         print(f"epoch {epoch + 1}/{config.epochs} {seconds:.1f}s loss {record['loss']:.4f} "
               f"clean {100 * record['test_accuracy']:.2f} vra@{config.eps:g} {100 * record['test_vra']:.2f} "
               f"k {k_sound:.3g}", file=sys.stderr, flush=True)
