@@ -52,6 +52,7 @@ class TrainConfig:
     trades_lambda: float = 1.0
     lln: bool = False
     lr: float = 1e-3
+    power_steps: int = 1  # power-iteration steps per training step for the estimated K
     ema_decay: float | None = None  # keep an exponential moving average of the weights; it is the product
     final_lr: float = 1e-6
     lr_schedule: str = "decay-after-half"

@@ -84,6 +84,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lln", action="store_true", help="last-layer row normalisation")
     p.add_argument("--optimizer", default="adam", choices=["adam"])
     p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--power-steps", type=positive_int, default=d.power_steps,
+                   help="power-iteration steps per training step for the estimated Lipschitz constant "
+                        "(default: %(default)s; the gloro reference takes 5)")
     p.add_argument("--ema-decay", type=unit_interval, default=None,
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.999); the average is evaluated, checkpointed and exported")

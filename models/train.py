@@ -20,6 +20,7 @@ from models import checkpoint, data
 from models.checkpoint import TrainConfig
 from models.evaluate import evaluate, is_collapsed
 from models.gloro import BoundMode, GloroNet, RadiusHead
+from models.layers import set_power_steps
 from models.losses import make_loss
 from models.schedules import eps_schedule, lr_schedule
 from models.weight_average import WeightAverage
@@ -116,6 +117,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
         torch.manual_seed(config.seed)
         model = _starting_model(config, runtime)
     model.to(runtime.device)
+    set_power_steps(model, config.power_steps)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if average is not None and start_epoch:
         average.restore(checkpoint.load_weights(last), int(state.get("average_updates", 0)))

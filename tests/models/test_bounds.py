@@ -11,7 +11,7 @@ from torch import nn
 
 from models import bounds
 from models.layers import (BoundedSequential, Conv2d, Flatten, InputNormalization, Linear, MinMax, ReLU,
-                           ResidualConv, UnboundedLayerError)
+                           ResidualConv, UnboundedLayerError, set_power_steps)
 
 pytestmark = pytest.mark.unit
 
@@ -137,6 +137,38 @@ def test_power_iteration_estimate_approaches_the_bound_from_below():
     converged = layer.converge(tol=1e-10, max_steps=20000)
     assert converged <= layer.lipschitz_bound() * (1 + 1e-9)
     assert converged >= 0.98 * layer.lipschitz_bound()
+
+
+def test_a_training_estimate_takes_the_configured_number_of_power_steps():
+    torch.manual_seed(0)
+    net = BoundedSequential(Conv2d(1, 4, 3), MinMax(), Flatten(), Linear(4 * 8 * 8, 10), input_shape=(1, 8, 8))
+    twin = BoundedSequential(Conv2d(1, 4, 3), MinMax(), Flatten(), Linear(4 * 8 * 8, 10), input_shape=(1, 8, 8))
+    twin.load_state_dict(net.state_dict())
+    set_power_steps(net, 5)
+    net.train()
+    net.lipschitz_estimate()
+    for layer in (twin.layers[0], twin.layers[3]):
+        layer.power_step(5)
+    for mine, expected in ((net.layers[0], twin.layers[0]), (net.layers[3], twin.layers[3])):
+        assert mine.power_steps == 5
+        assert torch.allclose(mine.u, expected.u, atol=1e-6)
+
+
+def test_more_power_steps_per_estimate_bring_it_closer_to_the_bound():
+    torch.manual_seed(0)
+    layer = Linear(64, 64)
+    layer.train()
+    bound = layer.lipschitz_bound()
+    one = float(layer.lipschitz_estimate().detach())
+    set_power_steps(layer, 20)
+    twenty = float(layer.lipschitz_estimate().detach())
+    assert one < twenty <= bound * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("steps", [0, -1])
+def test_power_steps_below_one_are_refused(steps):
+    with pytest.raises(ValueError, match="at least 1"):
+        set_power_steps(Linear(3, 2), steps)
 
 
 def test_sequential_bound_is_the_product_and_is_sound_end_to_end():
