@@ -9,6 +9,7 @@ import torch
 
 from models.data import Dataset, to_float
 from models.gloro import BoundMode, GloroNet, RadiusHead
+from models.numerics import exact_float32
 
 
 @dataclass
@@ -37,13 +38,14 @@ class Evaluation:
 def evaluate(model: GloroNet, data: Dataset, mode: BoundMode = BoundMode.SOUND, batch_size: int = 1000,
              device: str | torch.device = "cpu") -> Evaluation:
     model.eval()
-    head = RadiusHead(model.lipschitz_matrix(mode).detach()).to(device)
     predicted, radius = [], []
-    for start in range(0, len(data.labels), batch_size):
-        x = to_float(data.images[start:start + batch_size]).to(device)
-        label, r = head(model(x))
-        predicted.append(label.cpu().numpy())
-        radius.append(r.cpu().numpy())
+    with exact_float32():
+        head = RadiusHead(model.lipschitz_matrix(mode).detach()).to(device)
+        for start in range(0, len(data.labels), batch_size):
+            x = to_float(data.images[start:start + batch_size]).to(device)
+            label, r = head(model(x))
+            predicted.append(label.cpu().numpy())
+            radius.append(r.cpu().numpy())
     return Evaluation(data.labels, np.concatenate(predicted), np.concatenate(radius))
 
 

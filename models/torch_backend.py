@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from models.checkpoint import TrainConfig
 from models.export import CertifiedModel
+from models.numerics import set_tf32
 
 
 class TorchPredictor:
@@ -25,6 +26,8 @@ class TorchPredictor:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            set_tf32(False)  # process-wide: a serving process only serves, and certificates need IEEE float32
         module = CertifiedModel.empty(config)
         module.load_state_dict(load_file(version_dir / "model.safetensors"), strict=True)
         self.module = module.to(self.device).eval()

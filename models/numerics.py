@@ -1,0 +1,33 @@
+"""IEEE float32 arithmetic on GPUs, which certificates assume.
+
+The export's safety factor (DESIGN section 2) covers float32 rounding in the margin. On Ampere and
+later GPUs torch lets cuDNN convolutions run in TF32 by default, which keeps 10 mantissa bits instead
+of 23: errors about a thousand times larger than the factor buys. Training may use TF32; anything
+that reports or serves a certificate must not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def set_tf32(allowed: bool) -> tuple[bool, bool]:
+    """Allow or forbid TF32 in cuDNN convolutions and CUDA matmuls; returns the previous (cudnn, matmul)."""
+    previous = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    return previous
+
+
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Full float32 inside the block (for evaluation between training epochs), the old setting after."""
+    cudnn, matmul = set_tf32(False)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn
+        torch.backends.cuda.matmul.allow_tf32 = matmul

@@ -1,0 +1,57 @@
+"""The CUDA path (torch backend): on a GPU it gives onnxruntime's answers, in process and through a real server.
+
+Skipped where torch sees no CUDA device, as in CI; run these on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from server.backends import backend_factory
+from server.repository import load_repository
+from server_support import ServerProcess, png_bytes
+
+torch = pytest.importorskip("torch", reason="the torch backend needs the train extra")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+SHIPPED = Path(__file__).resolve().parents[2] / "server" / "model_repository"
+
+
+def answers_on_the_cpu(name: str, pixels: np.ndarray):
+    backend = backend_factory("onnxruntime", "cpu", 0)(load_repository(SHIPPED)[name])
+    backend.load()
+    return backend.run((pixels.astype(np.float32) / 255)[:, None])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["mnist-2c2f", "mnist-4c3f"])
+def test_torch_on_cuda_certifies_as_onnxruntime_does(name: str, mnist_test) -> None:
+    """Same labels, radii within float32 rounding: TF32 convolutions (torch's default on such GPUs) would not be."""
+    pixels = mnist_test[0]
+    gpu = backend_factory("torch", "cuda", 0)(load_repository(SHIPPED)[name])
+    gpu.load()
+    assert gpu._predictor.device.type == "cuda"
+    on_gpu, on_cpu = gpu.run((pixels.astype(np.float32) / 255)[:, None]), answers_on_the_cpu(name, pixels)
+    assert on_gpu.label.tolist() == on_cpu.label.tolist()
+    assert np.allclose(on_gpu.radius, on_cpu.radius, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_server_on_cuda_answers_real_pngs_as_the_cpu_does(mnist_test) -> None:
+    images, labels = mnist_test
+    args = ["--repository", str(SHIPPED), "--default-model", "mnist-4c3f", "--backend", "torch", "--device", "cuda"]
+    with ServerProcess(args, argv=[sys.executable, "-m", "server", "serve"]) as process:
+        files = [("files", (f"{i}.png", png_bytes(im), "image/png")) for i, im in enumerate(images[:100])]
+        response = httpx.post(process.url + "/v1/predict", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    expected = answers_on_the_cpu("mnist-4c3f", images[:100])
+    assert [p["label"] for p in predictions] == expected.label.tolist()
+    assert np.allclose([p["radius"] for p in predictions], expected.radius, rtol=1e-4, atol=1e-5)
+    assert all(p["certified"] == (p["radius"] > 1.58) for p in predictions)
+    assert sum(p["label"] == y for p, y in zip(predictions, labels[:100])) >= 90
