@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @pytest.mark.integration
 def test_a_checkpoint_trained_on_cuda_certifies_the_same_on_the_cpu(tmp_path, mnist_dir):
-    config = TrainConfig(architecture="2c2f", data_dir=str(mnist_dir), eps=0.3, train_eps=0.45, epochs=2,
-                         train_subset=6000, test_subset=1000, lr=3e-3, final_lr=1e-4, power_steps=5, ema_decay=0.99)
+    config = TrainConfig(architecture="2c2f", data_dir=str(mnist_dir), eps=0.3, train_eps=0.45, epochs=3,
+                         train_subset=6000, test_subset=1000, lr=3e-3, final_lr=1e-4)
     train(config, tmp_path, device="cuda", progress=False)
     on_gpu = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     model, saved, _ = checkpoint.load_model(tmp_path / "checkpoint")

@@ -100,7 +100,8 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = argv if argv is not None else [sys.executable, "-c", NO_TORCH_SERVER, "serve"]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "GLORO_PORT": str(self.port), **(env or {})}
+        python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        full_env = {**os.environ, "PYTHONPATH": python_path, "GLORO_PORT": str(self.port), **(env or {})}
         self.process = subprocess.Popen(
             [*command, *args],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
