@@ -50,7 +50,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         if side["cifar"]["ratios"].get("a2/e") is not None:
             add(f"6C2F at {c} connections: gloro-serve --instances 2 / in-process ceiling",
                 side["cifar"]["ratios"]["a2/e"], 0.9, True, how)
-        if results.get("overhead") and results["overhead"][0].get("device") == "cuda":
+        if serving.get("cifar", {}).get("device") == "cuda":
             add(f"GPU: 6C2F at {c} connections: batching / unbatched", side["cifar"]["ratios"]["a/b"], 10.0, True, how)
     if mnist:
         a, plain, lit = (_row(mnist["targets"].get(k, {}).get("rows", []), c) for k in ("a", "c", "d"))

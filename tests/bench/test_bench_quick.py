@@ -102,3 +102,14 @@ def test_verdicts_compare_at_64_connections() -> None:
         "MNIST at 64 connections: gloro-serve p99 / LitServe p99": False,
         "6C2F at 64 connections: gloro-serve / in-process ceiling": True,
     }
+
+
+@pytest.mark.unit
+def test_on_a_gpu_the_batching_target_is_judged_side_by_side() -> None:
+    """Serving on CUDA adds the issue's GPU target: batching at least 10x the unbatched server."""
+    side = {"connections": 64, "ratios": {"a/e": 0.3, "a/b": 4.25}}
+    results = {"serving": {"cifar": {"device": "cuda", "targets": {}}}, "headline": {"cifar": side}}
+    got = {v["target"]: (v["value"], v["met"]) for v in report.verdicts(results)}
+    assert got["GPU: 6C2F at 64 connections: batching / unbatched"] == (4.25, False)
+    results["serving"]["cifar"]["device"] = "cpu"
+    assert not any(v["target"].startswith("GPU") for v in report.verdicts(results))
