@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from server.backends import backend_factory
+from server.backends.base import BatchOutput
 from server.repository import load_repository
 from server_support import ServerProcess, png_bytes
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 SHIPPED = Path(__file__).resolve().parents[2] / "server" / "model_repository"
 
 
-def answers_on_the_cpu(name: str, pixels: np.ndarray):
+def answers_on_the_cpu(name: str, pixels: np.ndarray) -> BatchOutput:
     backend = backend_factory("onnxruntime", "cpu", 0)(load_repository(SHIPPED)[name])
     backend.load()
     return backend.run((pixels.astype(np.float32) / 255)[:, None])
@@ -31,7 +32,7 @@ def answers_on_the_cpu(name: str, pixels: np.ndarray):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["mnist-2c2f", "mnist-4c3f"])
 def test_torch_on_cuda_certifies_as_onnxruntime_does(name: str, mnist_test) -> None:
-    """Same labels, radii within float32 rounding: TF32 convolutions (torch's default on such GPUs) would not be."""
+    """Same labels, radii within float32 rounding: the safety factor assumes IEEE float32 arithmetic, not TF32."""
     pixels = mnist_test[0]
     gpu = backend_factory("torch", "cuda", 0)(load_repository(SHIPPED)[name])
     gpu.load()
