@@ -31,3 +31,15 @@ def exact_float32() -> Iterator[None]:
     finally:
         torch.backends.cudnn.allow_tf32 = cudnn
         torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def flush_denormals() -> bool:
+    """Treat denormal floats (below 1.2e-38) as zero in this process's CPU arithmetic: for training.
+
+    Once a loss saturates, its gradients fall into the denormal range, where x86 arithmetic is
+    many times slower: on a 4C3F at epoch 78 of a run from scratch, a training step took 1.09 s
+    with them and 0.17 s with them flushed (2 threads). Call it before torch starts its worker
+    threads, which inherit the setting from the thread that creates them. No certificate depends
+    on values that small; export and certify run in their own processes anyway.
+    """
+    return torch.set_flush_denormal(True)
