@@ -38,7 +38,8 @@ def flush_denormals() -> bool:
 
     Once a loss saturates, its gradients fall into the denormal range, where x86 arithmetic is
     many times slower: on a 4C3F at epoch 78 of a run from scratch, a training step took 1.09 s
-    with them and 0.17 s with them flushed (2 threads). Call it before torch starts its worker
+    with them and 0.17 s with them flushed (2 threads; `python -m bench.denormals` measures a
+    checkpoint). Call it before torch starts its worker
     threads, which inherit the setting from the thread that creates them. No certificate depends
     on values that small; export and certify run in their own processes anyway.
     """
