@@ -21,10 +21,8 @@ from pathlib import Path
 def step_seconds(folder: Path, weights: str, threads: int, steps: int, flush: bool) -> float:
     import torch
 
-    if flush:
-        from models.numerics import flush_denormals
-
-        flush_denormals()
+    if flush:  # for the whole child process, before torch starts its worker threads
+        torch.set_flush_denormal(True)
     torch.set_num_threads(threads)
     from models import checkpoint, data
     from models.layers import set_power_steps

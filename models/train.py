@@ -22,7 +22,7 @@ from models.evaluate import evaluate, is_collapsed
 from models.gloro import BoundMode, GloroNet, RadiusHead
 from models.layers import set_power_steps
 from models.losses import make_loss
-from models.numerics import flush_denormals
+from models.numerics import flushed_denormals
 from models.schedules import eps_schedule, lr_schedule
 from models.weight_average import WeightAverage
 
@@ -85,15 +85,15 @@ def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "a
     ``stop_after`` ends this invocation after that many epochs, keeping the schedules of the full
     ``config.epochs`` run, so long trainings can be sliced across sessions with ``resume``.
     """
-    flush_denormals()  # first: torch's worker threads inherit it when they start
-    if threads:
-        torch.set_num_threads(threads)
-    runtime = start_runtime(device)
-    try:
-        return _train(config, Path(out), resume, runtime, progress, stop_after)
-    finally:
-        if runtime.world_size > 1:
-            dist.destroy_process_group()
+    with flushed_denormals():  # first: torch's worker threads inherit it when they start
+        if threads:
+            torch.set_num_threads(threads)
+        runtime = start_runtime(device)
+        try:
+            return _train(config, Path(out), resume, runtime, progress, stop_after)
+        finally:
+            if runtime.world_size > 1:
+                dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progress: bool,
@@ -238,7 +238,11 @@ def _check_resume_matches(saved: TrainConfig, asked: TrainConfig) -> None:
 
 def plain_epoch_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | None = None) -> float:
     """Seconds per training step, GloRo vs plain cross-entropy, for the overhead benchmark."""
-    flush_denormals()  # as train() does
+    with flushed_denormals():  # as train() does
+        return _step_seconds(config, gloro, steps, threads)
+
+
+def _step_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | None) -> float:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)

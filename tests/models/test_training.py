@@ -99,14 +99,23 @@ def test_two_process_torchrun_on_cpu(tmp_path, mnist_dir):
     assert checkpoint.load_state(out / "checkpoint")["epoch"] == 1
 
 
+
 @pytest.mark.integration
-def test_training_flushes_denormals_in_torchs_worker_threads_too(tmp_path, mnist_dir):
-    """Saturated losses give denormal gradients, which made a 4C3F step 6x slower on the CPU."""
+def test_training_flushes_denormals_and_gives_the_calling_thread_its_setting_back(tmp_path, mnist_dir):
+    """Saturated losses can give denormal gradients, which made a 4C3F step 6x slower on the CPU;
+    the flush must reach torch's worker threads, and not outlive training on the calling thread."""
     code = (
-        "import torch; from models.checkpoint import TrainConfig; from models.train import train; "
-        f"train(TrainConfig(architecture='2c2f', data_dir={str(mnist_dir)!r}, epochs=1, train_subset=256, "
-        f"test_subset=100, batch_size=128), {str(tmp_path)!r}, progress=False, threads=2); "
-        "x = torch.full((1 << 16,), 1e-39); print(float((x * 1.0).sum()))"  # large enough to be split across threads
+        "import torch; from models.numerics import flushed_denormals\n"
+        "with flushed_denormals():\n"
+        "    torch.set_num_threads(2); x = torch.full((1 << 16,), 1e-39)\n"  # split across both threads
+        "    inside = float((x * 1.0).sum())\n"
+        "print(inside, float(x[:1] * 1.0))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert float(out.stdout.strip().splitlines()[-1]) == 0.0
+    inside, after = map(float, out.stdout.split())
+    assert inside == 0.0  # kept, the sum would be 6.6e-35
+    assert after == pytest.approx(1e-39)
+    from models.numerics import _flushing
+
+    train(_config(mnist_dir, 1), tmp_path, progress=False)
+    assert not _flushing()
