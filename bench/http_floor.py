@@ -24,7 +24,7 @@ from typing import Any
 from bench import machine
 from bench.load import run_load
 from bench.models import ROOT, prepare
-from bench.serving import Target, group_cpu_seconds, running, settle, targets
+from bench.serving import Target, load_with_server_cpu, running, settle, targets
 
 # What gloro-serve answers for one MNIST digit, so both responses are the same size.
 FIXED_ANSWER = json.dumps({
@@ -72,10 +72,8 @@ def measure(connections: int, duration_s: float, rounds: int, work: Path, client
             with running(target, case, work / f"floor-{target.key}.log") as server:
                 run_load(server.url, case.body, connections, min(duration_s, 2.0), work, client)  # warm up
                 settle(server.url, case.body)
-                cpu = group_cpu_seconds(server.pgid)
-                row = run_load(server.url, case.body, connections, duration_s, work, client).to_dict()
-                cores = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
-                row["server_cpu_cores"] = cores
+                row = load_with_server_cpu(server, case.body, connections, duration_s, work, client)
+                cores = row["server_cpu_cores"]
                 row["server_cpu_ms_per_request"] = 1000 * cores / row["req_per_s"] if row["req_per_s"] else None
                 entry[target.key] = row
                 print(f"  round {r + 1} {target.key}: {row['req_per_s']:.0f} req/s, "

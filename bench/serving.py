@@ -98,6 +98,15 @@ class Running:
     pgid: int
 
 
+def load_with_server_cpu(server: Running, body: bytes, connections: int, duration_s: float, work: Path,
+                         client: str) -> dict[str, Any]:
+    """One load level's row, plus the CPU cores the server's process group used meanwhile."""
+    cpu = group_cpu_seconds(server.pgid)
+    row = run_load(server.url, body, connections, duration_s, work, client).to_dict()
+    row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
+    return row
+
+
 @contextmanager
 def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 120.0) -> Iterator[Running]:
     """Start the target, wait until it answers the benchmark body with 200; yield its URL and group."""
@@ -238,9 +247,7 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
                         ceilings.append({**best_ceiling(case, model, max(ceiling_batches), duration_s / 2),
                                          "when": f"just before (a) at {c} connections"})
                         settle(url, case.body)
-                    cpu = group_cpu_seconds(server.pgid)
-                    row = run_load(url, case.body, c, duration_s, work, client).to_dict()
-                    row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
+                    row = load_with_server_cpu(server, case.body, c, duration_s, work, client)
                     entry["rows"].append(row)
                     if beside:
                         ceilings.append({**best_ceiling(case, model, max(ceiling_batches), duration_s / 2),

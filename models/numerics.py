@@ -33,7 +33,6 @@ def exact_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-
 def _flushing() -> bool:
     """Whether this thread's CPU arithmetic flushes denormals now (torch has no getter for it)."""
     return float(torch.tensor([1e-39]) * 1.0) == 0.0
