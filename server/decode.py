@@ -11,10 +11,12 @@ import base64
 import binascii
 import io
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyspng
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import BadRequest, InvalidInput
@@ -25,6 +27,10 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 # 8-bit modes that convert to L or RGB without guessing a scale.
 CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX"}
 MAX_8BIT = np.float32(255.0)  # divide (as torchvision does), not multiply by 1/255: exact rounding
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type that, at 8 bits, already is each model colour mode: no conversion to guess.
+PNG_COLOR_TYPE = {"L": 0, "RGB": 2}
 
 
 def parse_epsilon(value: Any, default: float) -> float:
@@ -50,11 +56,33 @@ def check_pixels(batch: np.ndarray) -> np.ndarray:
     return batch
 
 
-def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int) -> None:
+def _png_fast_path(data: bytes, spec: InputSpec) -> bool:
+    """A still, non-interlaced 8-bit PNG of the model's size and colour mode, the usual request:
+    libspng (pyspng) decodes it to Pillow's pixels 5-10x faster (a 28 x 28 digit: 4 us against
+    25). Anything else (other formats, sizes, modes, animations) goes to Pillow, which also names
+    what is wrong with it."""
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return False
+    width, height, depth, color_type, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    _, h, w = spec.shape
+    # An APNG would decode as its first frame here, where Pillow refuses it as animated. Its acTL
+    # chunk comes before the image data; the same four bytes anywhere else only mean Pillow.
+    return (
+        (width, height, depth, interlace) == (w, h, 8, 0)
+        and PNG_COLOR_TYPE.get(spec.color_mode) == color_type
+        and b"acTL" not in data
+    )
+
+
+def _pixels_png(data: bytes, where: str) -> np.ndarray:
+    try:
+        return pyspng.load(data)
+    except RuntimeError as exc:  # libspng's error for bad CRCs, truncated or corrupt data
+        raise InvalidInput(where + f"corrupt or truncated ({exc})") from None
+
+
+def _pixels_pillow(data: bytes, spec: InputSpec, where: str) -> bytes:
     c, h, w = spec.shape
-    where = f"image {index}: "
-    if not data:
-        raise InvalidInput(where + "empty file")
     try:
         # Pillow raises DecompressionBombError past 2 x MAX_IMAGE_PIXELS; anything smaller but of
         # the wrong size is refused below before its pixels are decoded. (A catch_warnings block
@@ -78,14 +106,26 @@ def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int
             )
         try:
             # convert() copies even when the mode is already right: skip it then (the usual case)
-            raw = (image if image.mode == spec.color_mode else image.convert(spec.color_mode)).tobytes()
+            return (image if image.mode == spec.color_mode else image.convert(spec.color_mode)).tobytes()
         except Exception as exc:
             raise InvalidInput(where + f"corrupt or truncated ({type(exc).__name__}: {exc})") from None
-    # tobytes + frombuffer: cheaper than np.asarray(image), which goes through __array_interface__
-    if c == 1:
-        np.divide(np.frombuffer(raw, dtype=np.uint8).reshape(h, w), MAX_8BIT, out=out[index, 0])
+
+
+def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int) -> None:
+    c, h, w = spec.shape
+    where = f"image {index}: "
+    if not data:
+        raise InvalidInput(where + "empty file")
+    if _png_fast_path(data, spec):
+        raw = _pixels_png(data, where)
     else:
-        np.divide(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, c).transpose(2, 0, 1), MAX_8BIT, out=out[index])
+        raw = _pixels_pillow(data, spec, where)
+    # tobytes + frombuffer: cheaper than np.asarray(image), which goes through __array_interface__
+    pixels = np.frombuffer(raw, dtype=np.uint8)
+    if c == 1:
+        np.divide(pixels.reshape(h, w), MAX_8BIT, out=out[index, 0])
+    else:
+        np.divide(pixels.reshape(h, w, c).transpose(2, 0, 1), MAX_8BIT, out=out[index])
 
 
 def decode_images(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
