@@ -21,7 +21,7 @@ from server.metrics import Metrics
 from server.middleware import ApiKey, BodyLimit, RequestMetrics
 from server.repository import ModelSpec, load_repository
 from server.responses import FastJSONResponse
-from server.routes import install
+from server.routes import DirectDispatch, direct_routes, install
 from server.routes.health import HealthAPI
 from server.routes.v1 import ImageAPI
 from server.routes.v2 import OpenInferenceAPI
@@ -119,6 +119,7 @@ def create_app(
         app.add_api_route("/", demo_page, methods=["GET"], include_in_schema=False)
     else:
         app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    app.add_middleware(DirectDispatch, routes=direct_routes(app))  # the first added is innermost
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())

@@ -7,7 +7,7 @@ body), whichever route or layer raised it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from fastapi import FastAPI, Request
@@ -127,9 +127,24 @@ def describe_validation_errors(errors: list | tuple, limit: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+# Exception type -> its answer, for the app's exception middleware and for the direct routes.
+HANDLERS: dict[type[Exception], Handler] = {
+    GloroError: _gloro_error,
+    StarletteHTTPException: _http_error,
+    RequestValidationError: _validation_error,
+    ClientDisconnect: _client_gone,
+    Exception: _unexpected,
+}
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The answer for `exc`: the handler of its nearest class in HANDLERS (as Starlette looks up)."""
+    handler = next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)
+    return await handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GloroError, _gloro_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)

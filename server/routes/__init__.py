@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +10,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.errors import handle_error
 from server.wire_v1 import ErrorBody
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,6 +50,11 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolve(schema)
 
 
+def path_parameter(name: str) -> dict[str, Any]:
+    """OpenAPI for a string path parameter: direct routes document theirs in `openapi_extra`."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -63,18 +70,48 @@ class DirectRoute(APIRoute):
 
     OpenAPI documents it like any other (from `openapi_extra`), but a request skips FastAPI's
     per-request machinery (dependency solving, two exit stacks, a second exception wrapper): on
-    the predict routes that cost more than running a small model. Exceptions go up to the app's
-    ExceptionMiddleware, so errors are mapped to status codes in the one place as before.
+    the predict routes that cost more than running a small model. It answers its own errors
+    with the app's handlers (`server.errors.HANDLERS`), so `DirectDispatch` can serve it.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await endpoint(Request(scope, receive, send))
+            request = Request(scope, receive, send)
+            try:
+                response = await endpoint(request)
+            except Exception as exc:
+                response = await handle_error(request, exc)
             await response(scope, receive, send)
 
         self.app = app
+
+
+class DirectDispatch:
+    """Innermost middleware: a request for a direct route goes to it from here, past Starlette's
+    exception middleware, FastAPI's exit stack and the router's scan of every route (about a fifth
+    of the in-process CPU of a predict request on MNIST). The middleware outside (metrics, API
+    key, body limit) still sees it; anything else, including a direct route's path with another
+    method, goes on to the router as before."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[DirectRoute]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def direct_routes(app: FastAPI) -> list[DirectRoute]:
+    return [r for r in app.router.routes if isinstance(r, DirectRoute)]
 
 
 def install(app: FastAPI, routes: Iterable[Route], tag: str) -> None:

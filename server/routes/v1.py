@@ -14,7 +14,7 @@ from server.decode import decode_base64, decode_images, decode_pixel_lists, pars
 from server.errors import BadRequest, InvalidInput, UnsupportedMediaType, describe_validation_errors
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
-from server.routes import Route, inline_schema
+from server.routes import Route, inline_schema, path_parameter
 from server.service import ModelService, Models, Prediction
 from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse
 
@@ -43,7 +43,7 @@ PREDICT_BODY = {
 }
 
 
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME = path_parameter("name")
 QUERY = [
     {"name": "epsilon", "in": "query", "required": False, "description": "certify at this eps (default: the model's)",
      "schema": {"type": "number", "minimum": 0}},

@@ -17,7 +17,7 @@ from server import package_version
 from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, describe_validation_errors
 from server.responses import FastJSONResponse, dumps
-from server.routes import Route, inline_schema
+from server.routes import Route, inline_schema, path_parameter
 from server.service import ModelService, Models, Prediction
 from server.wire_v2 import (
     BINARY_HEADER,
@@ -36,6 +36,8 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "radius": ("FP32", "<f4"),
     "logits": ("FP32", "<f4"),
 }
+NAME = path_parameter("name")
+VERSION = path_parameter("version")
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -175,11 +177,12 @@ class OpenInferenceAPI:
     async def version_metadata(self, name: str, version: str) -> Response:
         return self._metadata(self.models.version(name, version))
 
-    async def infer(self, request: Request, name: str) -> Response:
-        return await self._infer(request, self.models.get(name))
+    async def infer(self, request: Request) -> Response:
+        return await self._infer(request, self.models.get(request.path_params["name"]))
 
-    async def version_infer(self, request: Request, name: str, version: str) -> Response:
-        return await self._infer(request, self.models.version(name, version))
+    async def version_infer(self, request: Request) -> Response:
+        params = request.path_params
+        return await self._infer(request, self.models.version(params["name"], params["version"]))
 
     async def _infer(self, request: Request, service: ModelService) -> Response:
         request.scope["gloro.model"] = service.spec.name
@@ -192,12 +195,14 @@ class OpenInferenceAPI:
         return encode_response(infer_request, await service.predict(inputs, epsilon))
 
     def routes(self) -> list[Route]:
-        infer = {"response_model": InferResponse, "openapi_extra": INFER_BODY}
+        infer = {"response_model": InferResponse, "openapi_extra": {**INFER_BODY, "parameters": [NAME]}}
+        version_infer = {"response_model": InferResponse, "openapi_extra": {**INFER_BODY, "parameters": [NAME, VERSION]}}
         meta = {"response_model": ModelMetadataResponse}
         return [
             Route("GET", "/v2", self.server_metadata, "Server metadata", {"response_model": ServerMetadataResponse}),
             Route("GET", "/v2/models/{name}", self.model_metadata, "Model metadata", meta),
             Route("GET", "/v2/models/{name}/versions/{version}", self.version_metadata, "Model version metadata", meta),
-            Route("POST", "/v2/models/{name}/infer", self.infer, "Inference", infer),
-            Route("POST", "/v2/models/{name}/versions/{version}/infer", self.version_infer, "Inference on a version", infer),
+            Route("POST", "/v2/models/{name}/infer", self.infer, "Inference", infer, direct=True),
+            Route("POST", "/v2/models/{name}/versions/{version}/infer", self.version_infer, "Inference on a version",
+                  version_infer, direct=True),
         ]
