@@ -145,17 +145,26 @@ def answered_label(body: bytes) -> int:
     return int(json.loads(body)["predictions"][0]["label"])
 
 
-def in_process_backend(case: ModelCase, backend: str, device: str) -> Any:
+def in_process_backend(case: ModelCase, backend: str, device: str, threads: int = 0) -> Any:
     from server.backends import backend_factory
     from server.repository import load_repository
 
     spec = load_repository(case.repository)[case.name]
-    model = backend_factory(backend, device, 0)(spec)
+    model = backend_factory(backend, device, threads)(spec)
     model.load()
     return model
 
 
 CEILING_THREADS = (1, 2)  # the server's default of one worker, and --instances 2
+
+
+def ceiling_backends(case: ModelCase, backend: str, device: str) -> dict[int, Any]:
+    """For each count of Python threads in CEILING_THREADS, the backend set up as the server sets
+    it up for that many --instances (the same intra-op threads)."""
+    from server.settings import ServerSettings
+
+    return {t: in_process_backend(case, backend, device, ServerSettings(instances=t).intra_op_threads())
+            for t in CEILING_THREADS}
 
 
 def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, threads: int = 1) -> dict[str, Any]:
@@ -190,10 +199,10 @@ def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, thr
             "duration_s": elapsed}
 
 
-def best_ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float) -> dict[str, Any]:
+def best_ceiling(case: ModelCase, models: dict[int, Any], batch_size: int, duration_s: float) -> dict[str, Any]:
     """The higher of the ceilings with one thread and with several (each for `duration_s`): the
     server runs concurrent batches (--instances), so the ceiling gets the same chance."""
-    rows = [ceiling(case, model, batch_size, duration_s, t) for t in CEILING_THREADS]
+    rows = [ceiling(case, models[t], batch_size, duration_s, t) for t in CEILING_THREADS]
     return max(rows, key=lambda r: r["req_per_s"])
 
 
@@ -218,10 +227,10 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
     """All targets at every concurrency. The ceiling is measured at the start, and again just
     before and just after target (a)'s `headline` level (the machine is shared: the target ratio
     uses the highest ceiling measured, the one least disturbed)."""
-    model = in_process_backend(case, backend, device)
-    x = decode_images([case.png], model.spec.manifest.input)
-    expected = int(model.run(x).label[0])
-    ceilings = [ceiling(case, model, b, duration_s, t) for b in ceiling_batches for t in CEILING_THREADS]
+    models = ceiling_backends(case, backend, device)
+    x = decode_images([case.png], models[1].spec.manifest.input)
+    expected = int(models[1].run(x).label[0])
+    ceilings = [ceiling(case, models[t], b, duration_s, t) for b in ceiling_batches for t in CEILING_THREADS]
     results: dict[str, Any] = {
         "model": case.name, "architecture": case.architecture, "weights": case.weights, "body_bytes": len(case.body),
         "expected_label": expected, "backend": backend, "device": device, "targets": {},
@@ -244,13 +253,13 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
                     settle(url, case.body)
                     beside = target.key == "a" and c == headline
                     if beside:
-                        ceilings.append({**best_ceiling(case, model, max(ceiling_batches), duration_s / 2),
+                        ceilings.append({**best_ceiling(case, models, max(ceiling_batches), duration_s / 2),
                                          "when": f"just before (a) at {c} connections"})
                         settle(url, case.body)
                     row = load_with_server_cpu(server, case.body, c, duration_s, work, client)
                     entry["rows"].append(row)
                     if beside:
-                        ceilings.append({**best_ceiling(case, model, max(ceiling_batches), duration_s / 2),
+                        ceilings.append({**best_ceiling(case, models, max(ceiling_batches), duration_s / 2),
                                          "when": f"just after (a) at {c} connections"})
                     print(f"  {case.key} {target.key} c={c}: {entry['rows'][-1]['req_per_s']:.0f} req/s, "
                           f"p99 {entry['rows'][-1]['p99_ms']:.1f} ms, errors {entry['rows'][-1]['errors']}",
@@ -269,7 +278,7 @@ def headline(case: ModelCase, work: Path, connections: int, duration_s: float, r
     once (idle between turns), and each round loads each in turn (order rotating), with the
     in-process ceiling measured in the same round. Ratios are taken within a round, then the
     median over rounds."""
-    model = in_process_backend(case, backend, device)
+    models = ceiling_backends(case, backend, device)
     chosen = targets(case, backend, device, max_batch_size, peers)
     per_round: list[dict[str, Any]] = []
     with ExitStack() as stack:
@@ -282,7 +291,7 @@ def headline(case: ModelCase, work: Path, connections: int, duration_s: float, r
             entry: dict[str, Any] = {}
             for key in keys[r % len(keys):] + keys[: r % len(keys)]:
                 if key == "e":
-                    entry["e"] = best_ceiling(case, model, max_batch_size, duration_s / 2)
+                    entry["e"] = best_ceiling(case, models, max_batch_size, duration_s / 2)
                     continue
                 settle(servers[key].url, case.body)
                 entry[key] = run_load(servers[key].url, case.body, connections, duration_s, work, client).to_dict()

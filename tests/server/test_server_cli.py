@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from server.cli import main, parse_settings
-from server.settings import shipped_repository
+from server.settings import ServerSettings, shipped_repository
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +85,12 @@ def test_train_is_delegated_with_its_name(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "models.cli", fake)
     assert main(["export", "--out", "x"]) == 0
     assert calls == [["export", "--out", "x"]]
+
+
+def test_intra_op_threads_share_the_cores_among_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(8)))
+    assert ServerSettings().intra_op_threads() == 0  # one worker: the backend's own default
+    assert ServerSettings(instances=2).intra_op_threads() == 4
+    assert ServerSettings(instances=3).intra_op_threads() == 2
+    assert ServerSettings(instances=16).intra_op_threads() == 1
+    assert ServerSettings(instances=2, threads=3).intra_op_threads() == 3  # an explicit --threads wins
