@@ -172,20 +172,21 @@ def markdown(results: dict[str, Any], images: str) -> str:
                   f"Weights: {entry['weights']}. Body: JSON with one base64 PNG ({entry['body_bytes']} bytes), the "
                   f"same for every server; every server answered label {entry['expected_label']} like the in-process "
                   f"model before it was loaded. Client: {_client(entry)}, closed loop.", "",
-                  "| server | connections | req/s (2xx) | p50 ms | p95 ms | p99 ms | errors | server CPU (cores) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| server | connections | req/s (2xx) | p50 ms | p95 ms | p99 ms | errors | server CPU (cores) "
+                  "| load generator CPU (cores) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for target_key, target in entry["targets"].items():
             if "error" in target:
-                lines.append(f"| ({target_key}) {target['label']} | - | failed: {target['error'][:80]} | | | | | |")
+                lines.append(f"| ({target_key}) {target['label']} | - | failed: {target['error'][:80]} | | | | | | |")
             for r in target.get("rows", []):
                 lines.append(f"| ({target_key}) {target['label']} | {r['connections']} | {_f(r['req_per_s'])} | "
                              f"{_f(r['p50_ms'], 1)} | {_f(r['p95_ms'], 1)} | {_f(r['p99_ms'], 1)} | {_errors(r)} | "
-                             f"{_f(r.get('server_cpu_cores'), 2)} |")
+                             f"{_f(r.get('server_cpu_cores'), 2)} | {_f(r.get('client_cpu_cores'), 2)} |")
         for c in entry["ceiling"]["rows"]:
             when = f", {c['when']}" if "when" in c else ", at the start"
             threads = f", {c['threads']} thread{'s' if c['threads'] > 1 else ''}" if "threads" in c else ""
             lines.append(f"| (e) in-process ceiling, batches of {c['batch']}{threads}{when} | - | "
-                         f"{_f(c['req_per_s'])} | | | | | |")
+                         f"{_f(c['req_per_s'])} | | | | | | |")
         lines += ["", f"![serving {key}]({images}/serving-{key}.png)"]
     for key, h in results.get("headline", {}).items():
         servers = [k for k in h["median_req_per_s"] if k != "e"]

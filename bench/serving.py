@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -98,12 +99,21 @@ class Running:
     pgid: int
 
 
+def client_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have exited: during a load level, the
+    load generator's (wrk, a child waited for, or the asyncio client in this process)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def load_with_server_cpu(server: Running, body: bytes, connections: int, duration_s: float, work: Path,
                          client: str) -> dict[str, Any]:
-    """One load level's row, plus the CPU cores the server's process group used meanwhile."""
-    cpu = group_cpu_seconds(server.pgid)
+    """One load level's row, plus the CPU cores the server's process group and the load generator
+    used meanwhile (they share the machine's cores: the in-process ceiling pays for neither)."""
+    cpu, client_cpu = group_cpu_seconds(server.pgid), client_cpu_seconds()
     row = run_load(server.url, body, connections, duration_s, work, client).to_dict()
     row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
+    row["client_cpu_cores"] = (client_cpu_seconds() - client_cpu) / row["duration_s"]
     return row
 
 

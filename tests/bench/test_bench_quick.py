@@ -54,8 +54,8 @@ def test_quick_mode_writes_results_json(quick_run) -> None:
         assert target["label_answered"] == serving["expected_label"]
         assert [r["connections"] for r in target["rows"]] == [1, 2]
         for row in target["rows"]:
-            cpu = row.pop("server_cpu_cores")
-            assert cpu >= 0
+            cpu, client_cpu = row.pop("server_cpu_cores"), row.pop("client_cpu_cores")
+            assert cpu >= 0 and client_cpu > 0  # the load generator cannot send requests for free
             LoadResult(**row)  # every field present, nothing extra
             assert row["successes"] > 0 and row["errors"] == {} and row["responses"] == row["successes"]
             assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
