@@ -66,8 +66,7 @@ def wrk_available() -> bool:
 def run_wrk(url: str, body: Path, connections: int, duration_s: float, work: Path,
             content_type: str = "application/json", timeout_s: float = 10.0) -> LoadResult:
     script = work / "post.lua"
-    if not script.is_file():
-        script.write_text(WRK_LUA)
+    script.write_text(WRK_LUA)  # always: a post.lua left in `work` by anything else would not report
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", f"--timeout={timeout_s:g}s",
                "-s", str(script), url]
