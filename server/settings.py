@@ -79,9 +79,8 @@ class ServerSettings(BaseSettings):
 
     def intra_op_threads(self) -> int:
         """--threads, or for 0: the backend's own default (0) when one worker runs batches, else the
-        cores this process may use shared among the --instances workers. Two batches on one core
-        each beat two batches each spread over both: measured on the 6C2F, 2 cores, onnxruntime,
-        3,121 against 2,927 images/s (docs/benchmarks.md)."""
+        cores this process may use shared among the --instances workers: two batches on one core
+        each beat two batches each spread over both (docs/benchmarks.md, "One core per worker")."""
         if self.threads or self.instances == 1:
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

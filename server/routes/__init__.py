@@ -90,10 +90,9 @@ class DirectRoute(APIRoute):
 
 class DirectDispatch:
     """Innermost middleware: a request for a direct route goes to it from here, past Starlette's
-    exception middleware, FastAPI's exit stack and the router's scan of every route (about a fifth
-    of the in-process CPU of a predict request on MNIST). The middleware outside (metrics, API
-    key, body limit) still sees it; anything else, including a direct route's path with another
-    method, goes on to the router as before."""
+    exception middleware, FastAPI's exit stack and the router's scan of every route. The
+    middleware outside (metrics, API key, body limit) still sees it; anything else, including a
+    direct route's path with another method, goes on to the router as before."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[DirectRoute]) -> None:
         self.app = app
