@@ -1,0 +1,62 @@
+"""`python -m bench.decode`: microseconds to decode one PNG, Pillow's path against libspng's.
+
+Both are the server's own paths in `server.decode` (`_pixels_pillow`, `_pixels_png`), timed on the
+same bytes: a real MNIST test digit (28 x 28 grey) and a random 32 x 32 RGB image, each as Pillow
+saves a PNG by default. Each figure is the best of `--repeats` timings of `--number` decodes.
+
+    python -m bench.decode [--number 20000] [--repeats 5] [--out bench/results/decode.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import timeit
+from pathlib import Path
+from typing import Any
+
+from bench import machine
+from bench.models import ROOT, mnist_digit, png_bytes, random_rgb
+from server.decode import _pixels_pillow, _pixels_png, _png_fast_path
+from server.repository import InputSpec
+
+CASES = {
+    "mnist digit, 28 x 28 grey": (InputSpec(shape=(1, 28, 28), color_mode="L"), lambda: mnist_digit(0)),
+    "random 32 x 32 RGB": (InputSpec(shape=(3, 32, 32), color_mode="RGB"), lambda: random_rgb((32, 32))),
+}
+
+
+def measure(number: int, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, (spec, pixels) in CASES.items():
+        data = png_bytes(pixels())
+        if not _png_fast_path(data, spec):
+            raise RuntimeError(f"{name}: not a PNG the libspng path takes")
+        timings = {}
+        for path, decode in (("pillow", lambda: _pixels_pillow(data, spec, "")), ("libspng", lambda: _pixels_png(data, ""))):
+            timings[path] = min(timeit.repeat(decode, number=number, repeat=repeats)) / number * 1e6
+        rows.append({"image": name, "png_bytes": len(data), "pillow_us": timings["pillow"],
+                     "libspng_us": timings["libspng"], "speedup": timings["pillow"] / timings["libspng"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.split("\n\n")[0])
+    p.add_argument("--number", type=int, default=20000, help="decodes per timing")
+    p.add_argument("--repeats", type=int, default=5, help="timings per path; the best is kept")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decode.json")
+    args = p.parse_args(argv)
+    result = {"command": "python -m bench.decode " + " ".join(argv), "machine": machine.describe(ROOT),
+              "rows": measure(args.number, args.repeats)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in result["rows"]:
+        print(f"bench: {r['image']}: Pillow {r['pillow_us']:.1f} us, libspng {r['libspng_us']:.1f} us "
+              f"({r['speedup']:.1f}x)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
