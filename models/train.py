@@ -78,6 +78,13 @@ def _say(runtime: Runtime, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def training_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last on the CPU: the same arithmetic, faster there (a 4C3F step on 2 cores, 0.140
+    against 0.171 s: `python -m bench.train_step CHECKPOINT --denormals flushed`). On CUDA,
+    unmeasured so far, the default layout stays."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
           progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> dict:
     """Train (or resume) into ``out``; returns the last epoch's log record.
@@ -118,7 +125,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     else:
         torch.manual_seed(config.seed)
         model = _starting_model(config, runtime)
-    model.to(runtime.device)
+    layout = training_layout(runtime.device)
+    model.to(runtime.device, memory_format=layout)
     set_power_steps(model, config.power_steps)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if average is not None and start_epoch:
@@ -161,7 +169,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
             x = data.to_float(train_set.images[index.numpy()])
             if augmenting:
                 x = data.augment(x, generator)
-            x, y = x.to(runtime.device), torch.as_tensor(train_set.labels[index.numpy()]).to(runtime.device)
+            x = x.to(runtime.device, memory_format=layout)
+            y = torch.as_tensor(train_set.labels[index.numpy()]).to(runtime.device)
             logits, K = step_module(x)
             loss = loss_fn(logits, y, K, eps)
             optimizer.zero_grad(set_to_none=True)
@@ -248,7 +257,8 @@ def _step_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | N
     torch.manual_seed(config.seed)
     train_set = data.load(config.dataset, config.data_dir, train=True)
     config.input_shape, config.classes = list(train_set.input_shape), train_set.classes
-    model = config.build_model()
+    layout = training_layout(torch.device("cpu"))
+    model = config.build_model().to(memory_format=layout)
     step_module = TrainStep(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = make_loss("gloro" if gloro else "ce")
@@ -258,7 +268,8 @@ def _step_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | N
         if step == 3:
             started = time.perf_counter()  # three warm-up steps
         index = rng.integers(0, len(train_set.labels), config.batch_size)
-        x, y = data.to_float(train_set.images[index]), torch.as_tensor(train_set.labels[index])
+        x = data.to_float(train_set.images[index]).contiguous(memory_format=layout)
+        y = torch.as_tensor(train_set.labels[index])
         if gloro:
             logits, K = step_module(x)
         else:

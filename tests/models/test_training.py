@@ -119,3 +119,28 @@ def test_training_flushes_denormals_and_gives_the_calling_thread_its_setting_bac
 
     train(_config(mnist_dir, 1), tmp_path, progress=False)
     assert not _flushing()
+
+
+@pytest.mark.unit
+def test_cpu_training_layout_is_channels_last_with_the_same_step(mnist_dir):
+    from models import data
+    from models.losses import make_loss
+    from models.train import TrainStep, training_layout
+
+    layout = training_layout(torch.device("cpu"))
+    assert layout == torch.channels_last and training_layout(torch.device("cuda")) == torch.contiguous_format
+    config = TrainConfig(architecture="2c2f", data_dir=str(mnist_dir), input_shape=[1, 28, 28],
+                         classes=[str(i) for i in range(10)])
+    test_set = data.load("mnist", str(mnist_dir), train=False)
+    images, labels = test_set.images[:64], torch.as_tensor(test_set.labels[:64])
+    results = []
+    for memory_format in (torch.contiguous_format, layout):
+        torch.manual_seed(0)
+        model = config.build_model().to(memory_format=memory_format)
+        logits, K = TrainStep(model)(data.to_float(images).contiguous(memory_format=memory_format))
+        make_loss("gloro")(logits, labels, K, 0.3).backward()
+        results.append((logits.detach(), [p.grad for p in model.parameters()]))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
