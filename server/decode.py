@@ -82,7 +82,7 @@ def _pixels_png(data: bytes, where: str) -> np.ndarray:
 
 
 def _pixels_pillow(data: bytes, spec: InputSpec, where: str) -> bytes:
-    c, h, w = spec.shape
+    _, h, w = spec.shape
     try:
         # Pillow raises DecompressionBombError past 2 x MAX_IMAGE_PIXELS; anything smaller but of
         # the wrong size is refused below before its pixels are decoded. (A catch_warnings block
@@ -120,7 +120,7 @@ def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int
         raw = _pixels_png(data, where)
     else:
         raw = _pixels_pillow(data, spec, where)
-    # tobytes + frombuffer: cheaper than np.asarray(image), which goes through __array_interface__
+    # Pillow's tobytes + frombuffer: cheaper than np.asarray(image) (__array_interface__)
     pixels = np.frombuffer(raw, dtype=np.uint8)
     if c == 1:
         np.divide(pixels.reshape(h, w), MAX_8BIT, out=out[index, 0])
