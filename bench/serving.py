@@ -106,14 +106,27 @@ def client_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat (idle includes
+    iowait; busy includes the kernel's interrupt work, which no process is charged for)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / tick, idle / tick
+
+
 def load_with_server_cpu(server: Running, body: bytes, connections: int, duration_s: float, work: Path,
                          client: str) -> dict[str, Any]:
     """One load level's row, plus the CPU cores the server's process group and the load generator
-    used meanwhile (they share the machine's cores: the in-process ceiling pays for neither)."""
-    cpu, client_cpu = group_cpu_seconds(server.pgid), client_cpu_seconds()
+    used meanwhile (they share the machine's cores: the in-process ceiling pays for neither), and
+    the machine's busy and idle cores (what neither process was charged for shows there)."""
+    cpu, client_cpu, (busy, idle) = group_cpu_seconds(server.pgid), client_cpu_seconds(), machine_cpu_seconds()
     row = run_load(server.url, body, connections, duration_s, work, client).to_dict()
-    row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / row["duration_s"]
-    row["client_cpu_cores"] = (client_cpu_seconds() - client_cpu) / row["duration_s"]
+    seconds = row["duration_s"]
+    row["server_cpu_cores"] = (group_cpu_seconds(server.pgid) - cpu) / seconds
+    row["client_cpu_cores"] = (client_cpu_seconds() - client_cpu) / seconds
+    busy_after, idle_after = machine_cpu_seconds()
+    row["machine_busy_cores"], row["machine_idle_cores"] = (busy_after - busy) / seconds, (idle_after - idle) / seconds
     return row
 
 

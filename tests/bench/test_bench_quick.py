@@ -6,6 +6,7 @@ Behaviour only: no assertion here is about speed (a benchmark measures, tests ch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def test_quick_mode_writes_results_json(quick_run) -> None:
         for row in target["rows"]:
             cpu, client_cpu = row.pop("server_cpu_cores"), row.pop("client_cpu_cores")
             assert cpu >= 0 and client_cpu > 0  # the load generator cannot send requests for free
+            busy, idle = row.pop("machine_busy_cores"), row.pop("machine_idle_cores")
+            assert busy >= 0 and idle >= 0 and busy + idle <= os.cpu_count() * 1.1
             LoadResult(**row)  # every field present, nothing extra
             assert row["successes"] > 0 and row["errors"] == {} and row["responses"] == row["successes"]
             assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
