@@ -13,15 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.train_step import DENORMALS, measure
-
-
-def cpu_training_layout() -> str:
-    import torch
-
-    from models.train import training_layout
-
-    return "channels_last" if training_layout(torch.device("cpu")) == torch.channels_last else "contiguous"
+from bench.train_step import DENORMALS, cpu_training_layout, measure
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-LAYOUTS = ("contiguous", "channels_last")
+import torch  # importing starts no worker threads: a child can still set the flush first
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+LAYOUTS = tuple(MEMORY_FORMATS)
 DENORMALS = ("kept", "flushed")
 
 
-def step_seconds(folder: Path, weights: str, threads: int, steps: int, flush: bool, layout: str) -> float:
-    import torch
+def cpu_training_layout() -> str:
+    """The name of the layout `gloro-serve train` uses on the CPU."""
+    from models.train import training_layout
 
+    cpu = training_layout(torch.device("cpu"))
+    return next(name for name, memory_format in MEMORY_FORMATS.items() if memory_format == cpu)
+
+
+def step_seconds(folder: Path, weights: str, threads: int, steps: int, flush: bool, layout: str) -> float:
     if flush:  # for the whole child process, before torch starts its worker threads
         torch.set_flush_denormal(True)
     torch.set_num_threads(threads)
@@ -36,7 +45,7 @@ def step_seconds(folder: Path, weights: str, threads: int, steps: int, flush: bo
     from models.losses import make_loss
     from models.train import TrainStep
 
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    memory_format = MEMORY_FORMATS[layout]
     model, config, state = checkpoint.load_model(folder, weights=weights)
     model.to(memory_format=memory_format)
     set_power_steps(model, config.power_steps)
