@@ -1,6 +1,7 @@
 """`gloro-serve train | certify | export`: the offline commands (they need the `train` extra).
 
-Every user error is one line on stderr and exit code 2, never a traceback.
+Every user error is one line on stderr and exit code 2, never a traceback; a training run that
+collapses stops with one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 
 from models.architectures import ACTIVATIONS, ARCHITECTURES
 from models.checkpoint import CheckpointError, TrainConfig
+from models.collapse import TrainingCollapsed
 from models.data import LOADERS, DataError
 from models.losses import LOSSES
 from models.schedules import EPS_RAMPS, LR_SCHEDULES
@@ -189,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, DataError, CheckpointError, ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingCollapsed as exc:  # the run failed; its checkpoint is still the last sound epoch
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from models import checkpoint, data
 from models.checkpoint import TrainConfig
-from models.evaluate import evaluate, is_collapsed
+from models.collapse import TrainingCollapsed, collapse_reason
+from models.evaluate import evaluate
 from models.gloro import BoundMode, GloroNet, RadiusHead
 from models.layers import set_power_steps
 from models.losses import make_loss
@@ -190,35 +191,55 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
                 bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", acc=f"{totals['correct'] / seen:.3f}",
                                 vra=f"{totals['vra'] / seen:.3f}", eps=f"{eps:.3f}")
         seconds = time.perf_counter() - started
-        if not runtime.is_main:
-            continue
-        # With a weight average, the average is what the checkpoint stands for and what is tested.
-        product = average.averaged() if average is not None else model
-        result = evaluate(product, test_set, BoundMode.SOUND, device=runtime.device)
-        k_sound = product.body.lipschitz_bound()
-        seen = totals["seen"]
-        record = {
-            "epoch": epoch + 1, "seconds": round(seconds, 3), "train_eps": round(eps, 6),
-            "lr": optimizer.param_groups[0]["lr"], "loss": totals["loss"] / seen,
-            "train_accuracy": totals["correct"] / seen, "train_vra_estimate": totals["vra"] / seen,
-            "test_accuracy": result.clean_accuracy, "test_vra": result.vra(config.eps),
-            "body_lipschitz": k_sound, "collapsed": is_collapsed(result) or k_sound < 1e-2,
-        }
-        history.append(record)
-        with (out / "log.jsonl").open("a") as log:
-            log.write(json.dumps(record) + "\n")
-        checkpoint.save(last, product, config, epoch + 1, history, optimizer,
-                        trained=model if average is not None else None,
-                        average_updates=average.updates if average is not None else None)
-        print(f"epoch {epoch + 1}/{config.epochs} {seconds:.1f}s loss {record['loss']:.4f} "
-              f"clean {100 * record['test_accuracy']:.2f} vra@{config.eps:g} {100 * record['test_vra']:.2f} "
-              f"k {k_sound:.3g}", file=sys.stderr, flush=True)
-        if record["collapsed"]:
-            print(f"WARNING: COLLAPSE at epoch {epoch + 1}: clean accuracy {100 * result.clean_accuracy:.2f}% is at "
-                  f"the largest class share ({100 * result.majority_share():.2f}%) or k={k_sound:.3g} collapsed. "
-                  "This model must not be shipped or reported; try a gentler eps ramp, a lower lr, "
-                  "TRADES or EMMA.", file=sys.stderr, flush=True)
+        reason = None
+        if runtime.is_main:
+            # With a weight average, the average is what the checkpoint stands for and what is tested.
+            product = average.averaged() if average is not None else model
+            result = evaluate(product, test_set, BoundMode.SOUND, device=runtime.device)
+            k_sound = product.body.lipschitz_bound()
+            seen = totals["seen"]
+            record = {
+                "epoch": epoch + 1, "seconds": round(seconds, 3), "train_eps": round(eps, 6),
+                "lr": optimizer.param_groups[0]["lr"], "loss": totals["loss"] / seen,
+                "train_accuracy": totals["correct"] / seen, "train_vra_estimate": totals["vra"] / seen,
+                "test_accuracy": result.clean_accuracy, "test_vra": result.vra(config.eps),
+                "body_lipschitz": k_sound,
+            }
+            reason = collapse_reason(result, record, history[-1] if history else None)
+            record["collapsed"] = reason is not None
+            history.append(record)
+            with (out / "log.jsonl").open("a") as log:
+                log.write(json.dumps(record) + "\n")
+            if reason is None:  # a collapsed epoch never replaces the last sound checkpoint
+                checkpoint.save(last, product, config, epoch + 1, history, optimizer,
+                                trained=model if average is not None else None,
+                                average_updates=average.updates if average is not None else None)
+            print(f"epoch {epoch + 1}/{config.epochs} {seconds:.1f}s loss {record['loss']:.4f} "
+                  f"clean {100 * record['test_accuracy']:.2f} vra@{config.eps:g} {100 * record['test_vra']:.2f} "
+                  f"k {k_sound:.3g}", file=sys.stderr, flush=True)
+        if _decided_by_main(reason is not None, runtime):
+            if runtime.is_main:
+                raise TrainingCollapsed(_collapse_message(epoch + 1, reason, last))
+            return record
     return record
+
+
+def _decided_by_main(flag: bool, runtime: Runtime) -> bool:
+    """Rank 0's flag on every rank (only rank 0 evaluates), so all of them stop together."""
+    if runtime.world_size == 1:
+        return flag
+    shared = torch.tensor([int(flag)], device=runtime.device)
+    dist.broadcast(shared, src=0)
+    return bool(shared.item())
+
+
+def _collapse_message(epoch: int, reason: str | None, last: Path) -> str:
+    if (last / "state.json").exists():
+        kept = f"{last} keeps epoch {checkpoint.load_state(last)['epoch']}, the last before it"
+    else:
+        kept = "nothing was saved"
+    return (f"training collapsed in epoch {epoch}: {reason}; {kept}. A lower --lr, a longer "
+            "--ramp-fraction or a smaller --train-eps may avoid it (fine-tune with --init-from)")
 
 
 def _starting_model(config: TrainConfig, runtime: Runtime) -> GloroNet:

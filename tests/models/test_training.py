@@ -99,7 +99,6 @@ def test_two_process_torchrun_on_cpu(tmp_path, mnist_dir):
     assert checkpoint.load_state(out / "checkpoint")["epoch"] == 1
 
 
-
 @pytest.mark.integration
 def test_training_flushes_denormals_and_gives_the_calling_thread_its_setting_back(tmp_path, mnist_dir):
     """Saturated losses can give denormal gradients, which made a 4C3F step 6x slower on the CPU;
