@@ -62,6 +62,7 @@ def test_cuda_without_a_provider_is_refused_at_start(tiny_repo: Path, capsys: py
 
 @pytest.mark.unit
 @pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="a real CUDA provider is installed here")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")  # the premise
 def test_cuda_that_quietly_falls_back_to_the_cpu_is_refused(tiny_repo: Path, monkeypatch) -> None:
     """With the CUDA provider present but unusable, onnxruntime would run on the CPU without a word."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
