@@ -138,12 +138,16 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def load_config(folder: Path) -> TrainConfig:
-    raw = load_state(folder)["config"]
+    return _config_from(load_state(folder)["config"], f"{folder}/state.json")
+
+
+def _config_from(raw: dict[str, Any], where: str) -> TrainConfig:
+    """A saved training config; keys this version does not know are dropped."""
     known = set(TrainConfig.__dataclass_fields__)
     try:
         return TrainConfig(**{k: v for k, v in raw.items() if k in known})
     except TypeError as exc:
-        raise CheckpointError(f"{folder}/state.json has a bad config: {exc}") from None
+        raise CheckpointError(f"{where} has a bad config: {exc}") from None
 
 
 def load_model(folder: Path, config: TrainConfig | None = None,
@@ -155,18 +159,46 @@ def load_model(folder: Path, config: TrainConfig | None = None,
     folder = Path(folder)
     state = load_state(folder)
     config = config or load_config(folder)
+    return _network(config, load_weights(folder, weights), folder), config, state
+
+
+def _network(config: TrainConfig, tensors: dict[str, torch.Tensor], where: Path,
+             fresh: tuple[str, ...] = ()) -> GloroNet:
+    """``config``'s network holding ``tensors``; the ``fresh`` entries keep their new initial values."""
     try:
         model = config.build_model()
     except ValueError as exc:
-        raise CheckpointError(f"{folder}: {exc}") from None
-    tensors = load_weights(folder, weights)
+        raise CheckpointError(f"{where}: {exc}") from None
+    initial = model.state_dict()
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict({**tensors, **{k: initial[k] for k in fresh}}, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{folder} does not fit architecture {config.architecture!r} "
+        raise CheckpointError(f"{where} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
-    return model, config, state
+    return model
+
+
+def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
+    """The network of an exported model repository version, to fine-tune from, and its epochs.
+
+    The export keeps the body's tensors (power iterates included) and the head's effective weight
+    and bias; the head's power iterate starts afresh, as it converges in the first steps anyway.
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "gloro.json").read_text())
+        provenance = manifest["provenance"]
+        raw, epochs = dict(provenance["config"]), int(provenance["epochs"])
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
+    config = _config_from(raw, f"{folder}/gloro.json")
+    tensors = _load_tensors(folder / "model.safetensors")
+    state = {k: v for k, v in tensors.items() if k.startswith("body.")}
+    for ours, exported in (("head.linear.weight", "weight"), ("head.linear.bias", "bias")):
+        if exported in tensors:
+            state[ours] = tensors[exported]
+    return _network(config, state, folder / "model.safetensors", fresh=("head.u",)), config, epochs
 
 
 def load_weights(folder: Path, weights: str = "model") -> dict[str, torch.Tensor]:

@@ -102,7 +102,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                   help="fine-tune: start from this checkpoint's weights with a fresh optimiser and schedules "
+                   help="fine-tune: start from this checkpoint's (or exported model version's) weights "
+                        "with a fresh optimiser and schedules "
                         "(same architecture, activation and data set)")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop this invocation after N epochs (schedules still span --epochs); resume later")

@@ -246,9 +246,13 @@ def _starting_model(config: TrainConfig, runtime: Runtime) -> GloroNet:
     """Fresh weights, or (fine-tuning) the weights of ``config.init_from`` with a fresh optimiser."""
     if not config.init_from:
         return config.build_model()
-    model, source, state = checkpoint.load_model(Path(config.init_from))
+    folder = Path(config.init_from)
+    if (folder / "gloro.json").is_file():  # a shipped model repository version
+        model, source, config.init_epochs = checkpoint.load_exported(folder)
+    else:
+        model, source, state = checkpoint.load_model(folder)
+        config.init_epochs = checkpoint.trained_epochs(source, state)
     _check_same_network(source, config, "fine-tune from")
-    config.init_epochs = checkpoint.trained_epochs(source, state)
     _say(runtime, f"fine-tuning from {config.init_from} ({config.init_epochs} epochs trained)")
     return model
 

@@ -76,6 +76,32 @@ def test_fine_tuning_starts_from_the_given_weights_and_counts_their_epochs(tmp_p
 
 
 @pytest.mark.integration
+def test_fine_tuning_can_start_from_an_exported_model_version(tmp_path, trained_run):
+    """A shipped repository entry (gloro.json + model.safetensors) is enough to fine-tune from."""
+    from models.export import export_checkpoint
+
+    exported = tmp_path / "repo" / "tiny" / "1"
+    export_checkpoint(trained_run / "checkpoint", exported, test_subset=200, train_command="pytest fixture")
+    config = replace(checkpoint.load_config(trained_run / "checkpoint"), epochs=1, lr=1e-9, final_lr=1e-9,
+                     init_from=str(exported))
+    record = train(config, tmp_path / "tuned", progress=False)
+    start = load_file(trained_run / "checkpoint" / "model.safetensors")
+    tuned = load_file(tmp_path / "tuned" / "checkpoint" / "model.safetensors")
+    for key in start:
+        if not key.endswith(".u"):
+            assert torch.allclose(start[key], tuned[key], atol=1e-6), key
+    before = json.loads((trained_run / "log.jsonl").read_text().splitlines()[-1])
+    assert record["test_accuracy"] == pytest.approx(before["test_accuracy"], abs=0.01)
+    assert checkpoint.load_config(tmp_path / "tuned" / "checkpoint").init_epochs == 3
+
+
+def test_an_exported_version_without_training_provenance_is_refused(tmp_path):
+    (tmp_path / "gloro.json").write_text(json.dumps({"format_version": 1, "name": "x", "version": "1"}))
+    with pytest.raises(checkpoint.CheckpointError, match="no usable training provenance"):
+        checkpoint.load_exported(tmp_path)
+
+
+@pytest.mark.integration
 def test_fine_tuning_refuses_a_checkpoint_of_another_network(tmp_path, trained_run):
     config = replace(checkpoint.load_config(trained_run / "checkpoint"), epochs=1, activation="relu",
                      init_from=str(trained_run / "checkpoint"))
