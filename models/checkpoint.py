@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -32,6 +32,7 @@ from models import architectures
 from models.gloro import GloroNet
 
 FORMAT = 1
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 class CheckpointError(ValueError):
@@ -165,26 +166,37 @@ def load_model(folder: Path, config: TrainConfig | None = None,
 def _network(config: TrainConfig, tensors: dict[str, torch.Tensor], where: Path,
              fresh: tuple[str, ...] = ()) -> GloroNet:
     """``config``'s network holding ``tensors``; the ``fresh`` entries keep their new initial values."""
+    return fill(TrainConfig.build_model, config, tensors, where, fresh)
+
+
+def fill(build: Callable[[TrainConfig], ModuleT], config: TrainConfig, tensors: dict[str, torch.Tensor],
+         where: Path, fresh: tuple[str, ...] = ()) -> ModuleT:
+    """``build(config)`` holding exactly ``tensors`` (bar the ``fresh`` entries), or a CheckpointError."""
     try:
-        model = config.build_model()
+        module = build(config)
     except ValueError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
-    initial = model.state_dict()
+    initial = module.state_dict()
     try:
-        model.load_state_dict({**tensors, **{k: initial[k] for k in fresh}}, strict=True)
+        module.load_state_dict({**tensors, **{k: initial[k] for k in fresh}}, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{where} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
-    return model
+    return module
 
 
-def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
-    """The network of an exported model repository version, to fine-tune from, and its epochs.
+@dataclass(frozen=True)
+class ExportedVersion:
+    """What a model repository version holds for torch: its training config, epochs and tensors."""
 
-    The export keeps the body's tensors (power iterates included) and the head's effective weight
-    and bias; the head's power iterate starts afresh, as it converges in the first steps anyway.
-    """
+    config: TrainConfig
+    epochs: int
+    tensors: dict[str, torch.Tensor]
+
+
+def read_exported(folder: Path) -> ExportedVersion:
+    """Read an exported version's gloro.json provenance and model.safetensors, or say what is wrong."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / "gloro.json").read_text())
@@ -193,12 +205,22 @@ def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
     config = _config_from(raw, f"{folder}/gloro.json")
-    tensors = _load_tensors(folder / "model.safetensors")
-    state = {k: v for k, v in tensors.items() if k.startswith("body.")}
-    for ours, exported in (("head.linear.weight", "weight"), ("head.linear.bias", "bias")):
-        if exported in tensors:
-            state[ours] = tensors[exported]
-    return _network(config, state, folder / "model.safetensors", fresh=("head.u",)), config, epochs
+    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"))
+
+
+def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
+    """The network of an exported model repository version, to fine-tune from, and its epochs.
+
+    The export keeps the body's tensors (power iterates included) and the head's effective weight
+    and bias; the head's power iterate starts afresh, as it converges in the first steps anyway.
+    """
+    exported = read_exported(folder)
+    state = {k: v for k, v in exported.tensors.items() if k.startswith("body.")}
+    for ours, theirs in (("head.linear.weight", "weight"), ("head.linear.bias", "bias")):
+        if theirs in exported.tensors:
+            state[ours] = exported.tensors[theirs]
+    network = _network(exported.config, state, Path(folder) / "model.safetensors", fresh=("head.u",))
+    return network, exported.config, exported.epochs
 
 
 def load_weights(folder: Path, weights: str = "model") -> dict[str, torch.Tensor]:

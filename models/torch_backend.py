@@ -6,30 +6,28 @@ It loads ``model.safetensors`` (written by the exporter beside model.onnx) into 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from models.checkpoint import TrainConfig
+from models.checkpoint import fill, read_exported
 from models.export import CertifiedModel
 from models.numerics import set_tf32
 
 
 class TorchPredictor:
+    """Raises CheckpointError (one line) when the version's provenance or tensors are unusable."""
+
     def __init__(self, version_dir: Path, device: str = "auto"):
         version_dir = Path(version_dir)
-        manifest = json.loads((version_dir / "gloro.json").read_text())
-        config = TrainConfig(**manifest["provenance"]["config"])
+        exported = read_exported(version_dir)
+        module = fill(CertifiedModel.empty, exported.config, exported.tensors, version_dir / "model.safetensors")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
             set_tf32(False)  # process-wide: a serving process only serves, and certificates need IEEE float32
-        module = CertifiedModel.empty(config)
-        module.load_state_dict(load_file(version_dir / "model.safetensors"), strict=True)
         self.module = module.to(self.device).eval()
 
     @torch.inference_mode()

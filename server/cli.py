@@ -16,7 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from server.backends.base import BackendError
 from server.errors import RepositoryError
+from server.service import Models
 from server.settings import ServerSettings
 
 PROG = "gloro-serve"
@@ -88,6 +90,16 @@ class DrainingServer:
         return self.server.started
 
 
+def load_models(models: Models) -> None:
+    """Load before uvicorn starts, so that a model that cannot load is a one-line refusal, not
+    uvicorn's startup traceback; the lifespan then finds them loaded."""
+    try:
+        models.load_all()
+    except BackendError as exc:
+        models.stop_all(0.0)
+        raise RepositoryError(str(exc)) from None
+
+
 def serve(settings: ServerSettings, backends: Any = None) -> int:
     """Run the server until SIGINT/SIGTERM; `backends` replaces the configured backend factory."""
     import uvicorn
@@ -96,6 +108,7 @@ def serve(settings: ServerSettings, backends: Any = None) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(settings, backends=backends)
+    load_models(app.state.models)
     config = uvicorn.Config(
         app,
         host=settings.host,

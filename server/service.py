@@ -82,8 +82,10 @@ class Models:
         return all(s.ready for s in self.services.values())
 
     def load_all(self) -> None:
+        """Load the models not loaded yet (the CLI loads them before uvicorn, tests in the lifespan)."""
         for service in self.services.values():
-            service.load()
+            if not service.ready:
+                service.load()
 
     def stop_all(self, timeout: float) -> None:
         for service in self.services.values():

@@ -32,6 +32,7 @@ class TorchBackend(Backend):
 
     def load(self) -> None:
         try:
+            from models.checkpoint import CheckpointError
             from models.torch_backend import TorchPredictor
         except ImportError as exc:
             raise BackendError(f"{INSTALL_HINT} ({exc})") from None
@@ -39,7 +40,11 @@ class TorchBackend(Backend):
             import torch
 
             torch.set_num_threads(self.threads)
-        self._predictor = TorchPredictor(self.spec.directory, resolve_device(self.device))
+        device = resolve_device(self.device)
+        try:
+            self._predictor = TorchPredictor(self.spec.directory, device)
+        except CheckpointError as exc:
+            raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
 
     def _forward(self, batch: np.ndarray) -> BatchOutput:
         if self._predictor is None:

@@ -86,6 +86,20 @@ def test_torch_backend_gives_the_same_answers(exported, mnist_dir):
     np.testing.assert_allclose(torch_out["radius"], radius, rtol=1e-5, atol=1e-6)
 
 
+def test_torch_backend_refuses_tensors_that_do_not_fit_the_manifest(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from models.torch_backend import TorchPredictor
+
+    folder = tmp_path / "version"
+    shutil.copytree(exported, folder)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["bias"]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.safetensors does not fit architecture '2c2f'"):
+        TorchPredictor(folder, "cpu")
+
+
 def test_exporting_the_same_model_again_is_fine_but_a_different_one_is_refused(exported, trained_run, tmp_path):
     target = tmp_path / "m" / "1"
     shutil.copytree(exported, target)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,44 @@ def test_a_graph_that_breaks_the_contract_is_refused(tmp_path: Path) -> None:
     backend = OnnxRuntimeBackend(load_version(tmp_path.resolve(), "tiny", "1"), "cpu")
     with pytest.raises(BackendError, match=r"outputs \['radius'\] are missing"):
         backend.load()
+
+
+@pytest.mark.unit
+def test_a_model_that_cannot_load_is_refused_at_start_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A graph onnxruntime cannot parse, with a manifest whose sha256 vouches for it anyway."""
+    folder = write_model(tmp_path, "tiny", "1")
+    (folder / "model.onnx").write_bytes(b"not an onnx graph")
+    manifest = json.loads((folder / "gloro.json").read_text())
+    manifest["onnx"]["sha256"] = sha256_file(folder / "model.onnx")
+    (folder / "gloro.json").write_text(json.dumps(manifest))
+    assert main(["--repository", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gloro-serve: error: cannot serve:") and "onnxruntime cannot load it" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("damage", "match"), [
+    ("truncate", r"model\.safetensors is corrupt"),
+    ("drop the provenance", "no usable training provenance"),
+])
+def test_torch_backend_refuses_a_version_it_cannot_read_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, match: str) -> None:
+    pytest.importorskip("torch", reason="the torch backend needs the train extra")
+    folder = tmp_path / "mnist-2c2f" / "1"
+    shutil.copytree(SHIPPED / "1", folder)
+    if damage == "truncate":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        manifest = json.loads((folder / "gloro.json").read_text())
+        del manifest["provenance"]
+        (folder / "gloro.json").write_text(json.dumps(manifest))
+    assert main(["--repository", str(tmp_path), "--backend", "torch", "--device", "cpu", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gloro-serve: error: cannot serve: torch backend cannot load mnist-2c2f:")
+    assert re.search(match, err) and len(err.splitlines()) == 1
 
 
 @pytest.mark.unit
