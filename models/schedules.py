@@ -11,6 +11,11 @@ class Schedule(Protocol):
     def __call__(self, progress: float) -> float: ...
 
 
+def geometric(a: float, b: float, t: float) -> float:
+    """The point a fraction ``t`` of the way from ``a`` to ``b`` on a log scale (both > 0)."""
+    return math.exp(math.log(a) * (1 - t) + math.log(b) * t)
+
+
 @dataclass(frozen=True)
 class Constant:
     value: float
@@ -20,8 +25,8 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class LogRamp:
-    """Log-linear from ``start`` to ``end`` over the first ``fraction`` of training, then ``end``."""
+class Ramp:
+    """From ``start`` to ``end`` over the first ``fraction`` of training, then ``end``."""
 
     start: float
     end: float
@@ -30,20 +35,22 @@ class LogRamp:
     def __call__(self, progress: float) -> float:
         if self.fraction <= 0 or progress >= self.fraction:
             return self.end
-        t = progress / self.fraction
-        return math.exp(math.log(self.start) * (1 - t) + math.log(self.end) * t)
+        return self.between(progress / self.fraction)
+
+    def between(self, t: float) -> float:
+        raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class LinearRamp:
-    start: float
-    end: float
-    fraction: float
+class LogRamp(Ramp):
+    """Log-linear: equal ratios in equal times, so the small eps at the start get their share."""
 
-    def __call__(self, progress: float) -> float:
-        if self.fraction <= 0 or progress >= self.fraction:
-            return self.end
-        return self.start + (self.end - self.start) * progress / self.fraction
+    def between(self, t: float) -> float:
+        return geometric(self.start, self.end, t)
+
+
+class LinearRamp(Ramp):
+    def between(self, t: float) -> float:
+        return self.start + (self.end - self.start) * t
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,7 @@ class DecayAfterHalf:
     def __call__(self, progress: float) -> float:
         if progress < 0.5:
             return self.initial
-        t = min((progress - 0.5) / 0.5, 1.0)
-        return math.exp(math.log(self.initial) * (1 - t) + math.log(self.final) * t)
+        return geometric(self.initial, self.final, min((progress - 0.5) / 0.5, 1.0))
 
 
 @dataclass(frozen=True)
