@@ -53,8 +53,7 @@ def plot_curve(curves: dict[str, Evaluation], max_eps: float, path: Path, title:
 
 def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: str | None, test_subset: int | None,
                        plot: Path | None, device: str = "auto") -> dict[str, Any]:
-    model, config, state = checkpoint.load_model(Path(folder))
-    epochs = checkpoint.trained_epochs(config, state)
+    model, config, epochs = checkpoint.load_trained(Path(folder))
     dev = resolve_device(device)
     model.to(dev)
     eps_values = eps_values or sorted({config.eps, config.train_eps})

@@ -223,6 +223,15 @@ def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
     return network, exported.config, exported.epochs
 
 
+def load_trained(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
+    """A training checkpoint or an exported model version: its network, config and all its epochs."""
+    folder = Path(folder)
+    if (folder / "gloro.json").is_file():
+        return load_exported(folder)
+    model, config, state = load_model(folder)
+    return model, config, trained_epochs(config, state)
+
+
 def load_weights(folder: Path, weights: str = "model") -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors`` or (``weights="trained"``) ``trained.safetensors``."""
     if weights not in ("model", "trained"):

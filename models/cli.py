@@ -28,7 +28,7 @@ class UsageError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message)
 
 
 def eps_value(text: str) -> float:
@@ -126,8 +126,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _certify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("certify", help="clean accuracy and VRA of a checkpoint, sound bound vs estimate")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("certify", help="clean accuracy and VRA of a checkpoint or exported model version, "
+                                       "sound bound vs estimate")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a model version folder (REPOSITORY/NAME/VERSION)")
     p.add_argument("--eps", type=eps_value, nargs="+", default=None, help="eps values (default: the training config's)")
     p.add_argument("--data-dir", default=None, help="test data folder (default: the training config's)")
     p.add_argument("--test-subset", type=positive_int, default=None)
@@ -186,17 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # "gloro-serve train: error: ...", as the serve command says "gloro-serve: error: ..."
+    prog = " ".join(["gloro-serve", *argv[:1]]) if argv[:1] and argv[0] in COMMANDS else "gloro-serve"
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][1](args)
     except (UsageError, DataError, CheckpointError, ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingCollapsed as exc:  # the run failed; its checkpoint is still the last sound epoch
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"{prog}: error: interrupted", file=sys.stderr)
         return 130
 
 

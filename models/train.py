@@ -246,12 +246,7 @@ def _starting_model(config: TrainConfig, runtime: Runtime) -> GloroNet:
     """Fresh weights, or (fine-tuning) the weights of ``config.init_from`` with a fresh optimiser."""
     if not config.init_from:
         return config.build_model()
-    folder = Path(config.init_from)
-    if (folder / "gloro.json").is_file():  # a shipped model repository version
-        model, source, config.init_epochs = checkpoint.load_exported(folder)
-    else:
-        model, source, state = checkpoint.load_model(folder)
-        config.init_epochs = checkpoint.trained_epochs(source, state)
+    model, source, config.init_epochs = checkpoint.load_trained(Path(config.init_from))
     _check_same_network(source, config, "fine-tune from")
     _say(runtime, f"fine-tuning from {config.init_from} ({config.init_epochs} epochs trained)")
     return model

@@ -24,6 +24,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"gloro-serve {result.args[3]}: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 

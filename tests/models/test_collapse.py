@@ -61,7 +61,7 @@ def test_a_run_that_collapses_stops_with_one_line_and_keeps_the_epoch_before(tmp
                  "--no-progress", "--out", str(tmp_path)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
-    assert error.startswith("error: training collapsed in epoch 2: ")
+    assert error.startswith("gloro-serve train: error: training collapsed in epoch 2: ")
     assert f"{tmp_path / 'checkpoint'} keeps epoch 1, the last before it" in error
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["collapsed"]) for r in log] == [(1, False), (2, True)]
@@ -76,5 +76,5 @@ def test_a_run_that_collapses_in_its_first_epoch_saves_nothing(tmp_path, mnist_d
                  "--no-progress", "--out", str(tmp_path)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
-    assert error.startswith("error: training collapsed in epoch 1: ") and "nothing was saved" in error
+    assert error.startswith("gloro-serve train: error: training collapsed in epoch 1: ") and "nothing was saved" in error
     assert not (tmp_path / "checkpoint").exists()

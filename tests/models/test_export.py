@@ -75,6 +75,18 @@ def test_manifest_metrics_are_what_onnxruntime_measures(exported, mnist_dir):
     assert manifest["metrics"]["vra"]["0.3"] == pytest.approx((correct & (radius > 0.3)).mean())
 
 
+def test_certify_reads_an_exported_version_and_measures_what_its_manifest_says(exported, mnist_dir):
+    from models.certify import certify_checkpoint
+
+    manifest = json.loads((exported / "gloro.json").read_text())
+    metrics = manifest["metrics"]
+    report = certify_checkpoint(exported, [0.3], str(mnist_dir), metrics["n"], None, "cpu")
+    assert report["epochs"] == manifest["provenance"]["epochs"] and report["n"] == metrics["n"]
+    # torch here, onnxruntime at export: one test point either way is the most float32 may move
+    assert report["clean_accuracy"] == pytest.approx(metrics["clean_accuracy"], abs=1 / metrics["n"])
+    assert report["sound"]["vra"]["0.3"] == pytest.approx(metrics["vra"]["0.3"], abs=1 / metrics["n"])
+
+
 def test_torch_backend_gives_the_same_answers(exported, mnist_dir):
     from models.torch_backend import TorchPredictor
 
