@@ -12,14 +12,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from server.backends.base import BackendError
 from server.errors import RepositoryError
-from server.service import Models
 from server.settings import ServerSettings
+
+if TYPE_CHECKING:  # only a type here: importing the data plane waits until serve() needs it
+    from server.service import Models
 
 PROG = "gloro-serve"
 DELEGATED = ("train", "certify", "export")
