@@ -31,6 +31,7 @@ import orjson
 
 from bench.load import run_load
 from bench.models import ROOT, ModelCase
+from server.batcher import GIL_SWITCH_INTERVAL_S
 from server.decode import decode_base64, decode_images
 
 
@@ -206,6 +207,8 @@ def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, thr
 
     one_batch()
     done = [0] * threads
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `gloro-serve` sets it for its process
     started = time.perf_counter()
 
     def worker(i: int) -> None:
@@ -213,10 +216,13 @@ def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, thr
             done[i] += one_batch()
 
     pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     elapsed = time.perf_counter() - started
     return {"batch": batch_size, "threads": threads, "req_per_s": sum(done) / elapsed, "requests": sum(done),
             "duration_s": elapsed}

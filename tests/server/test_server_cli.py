@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import builtins
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from server.cli import main, parse_settings
+from conftest import make_settings
+from server.batcher import GIL_SWITCH_INTERVAL_S
+from server.cli import main, parse_settings, serve
 from server.settings import ServerSettings, shipped_repository
 
 pytestmark = pytest.mark.unit
@@ -94,3 +98,29 @@ def test_intra_op_threads_share_the_cores_among_instances(monkeypatch: pytest.Mo
     assert ServerSettings(instances=3).intra_op_threads() == 2
     assert ServerSettings(instances=16).intra_op_threads() == 1
     assert ServerSettings(instances=2, threads=3).intra_op_threads() == 3  # an explicit --threads wins
+
+
+def test_serve_shortens_the_gil_switch_interval_for_its_process(
+    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch workers must not wait Python's default 5 ms for the event loop's GIL."""
+    seen: dict[str, Any] = {}
+
+    class NoUvicorn:
+        def __init__(self, config: Any) -> None:
+            seen["app"] = config.app
+
+        def run(self) -> bool:
+            seen["interval"] = sys.getswitchinterval()
+            return True
+
+    monkeypatch.setattr("server.cli.DrainingServer", NoUvicorn)
+    before = sys.getswitchinterval()
+    try:
+        assert serve(make_settings(tiny_repo)) == 0
+    finally:
+        sys.setswitchinterval(before)
+        if "app" in seen:
+            seen["app"].state.models.stop_all(0.0)
+    assert seen["interval"] == pytest.approx(GIL_SWITCH_INTERVAL_S)
+    assert GIL_SWITCH_INTERVAL_S < before
