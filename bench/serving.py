@@ -41,6 +41,7 @@ class Target:
     label: str
     command: list[str]  # {port} and {model} are filled in
     path: str  # the predict route
+    cwd: Path = ROOT  # where it starts: another checkout runs that checkout's server
 
 
 def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, peers: bool) -> list[Target]:
@@ -139,7 +140,7 @@ def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 1
     command = [part.format(port=port, model=folder) for part in target.command]
     url = f"http://127.0.0.1:{port}{target.path}"
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        process = subprocess.Popen(command, cwd=target.cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + start_timeout
@@ -300,6 +301,37 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
     return results
 
 
+def median_ratio(per_round: list[dict[str, Any]], x: str, y: str, field: str = "req_per_s") -> float | None:
+    """The median over rounds of x's `field` over y's, each ratio taken within one round."""
+    pairs = [e[x][field] / e[y][field] for e in per_round if x in e and y in e and e[y].get(field)]
+    return statistics.median(pairs) if pairs else None
+
+
+def side_by_side(case: ModelCase, servers: dict[str, Running], models: dict[int, Any], connections: int,
+                 duration_s: float, rounds: int, work: Path, client: str, batch_size: int,
+                 tag: str) -> list[dict[str, Any]]:
+    """Rounds in which each running server in turn (the order rotating) is loaded for `duration_s`
+    and the in-process ceiling ("e", batches of `batch_size`) is measured: ratios taken within a
+    round hold on a shared machine, where absolute numbers drift. Each server's row has its CPU
+    and the machine's idle cores (`load_with_server_cpu`)."""
+    for server in servers.values():
+        run_load(server.url, case.body, connections, 2.0, work, client)
+    keys = [*servers, "e"]
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        entry: dict[str, Any] = {}
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            if key == "e":
+                entry["e"] = best_ceiling(case, models, batch_size, duration_s / 2)
+                continue
+            settle(servers[key].url, case.body)
+            entry[key] = load_with_server_cpu(servers[key], case.body, connections, duration_s, work, client)
+        per_round.append(entry)
+        print(f"  {tag} round {r + 1}: " + ", ".join(f"{k} {v['req_per_s']:.0f}" for k, v in entry.items()),
+              flush=True)
+    return per_round
+
+
 def headline(case: ModelCase, work: Path, connections: int, duration_s: float, rounds: int, client: str = "auto",
              backend: str = "onnxruntime", device: str = "cpu", max_batch_size: int = 32,
              peers: bool = True) -> dict[str, Any]:
@@ -309,36 +341,23 @@ def headline(case: ModelCase, work: Path, connections: int, duration_s: float, r
     median over rounds."""
     models = ceiling_backends(case, backend, device)
     chosen = targets(case, backend, device, max_batch_size, peers)
-    per_round: list[dict[str, Any]] = []
     with ExitStack() as stack:
         servers = {t.key: stack.enter_context(running(t, case, work / f"headline-{case.key}-{t.key}.log"))
                    for t in chosen}
-        for server in servers.values():
-            run_load(server.url, case.body, connections, 2.0, work, client)
-        keys = [*servers, "e"]
-        for r in range(rounds):
-            entry: dict[str, Any] = {}
-            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-                if key == "e":
-                    entry["e"] = best_ceiling(case, models, max_batch_size, duration_s / 2)
-                    continue
-                settle(servers[key].url, case.body)
-                entry[key] = run_load(servers[key].url, case.body, connections, duration_s, work, client).to_dict()
-            per_round.append(entry)
-            print(f"  {case.key} headline round {r + 1}: " + ", ".join(
-                f"{k} {v['req_per_s']:.0f}" for k, v in entry.items()), flush=True)
+        per_round = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
+                                 max_batch_size, f"{case.key} headline")
+    keys = [*servers, "e"]
     labels = {t.key: t.label for t in chosen} | {"e": "in-process ceiling (decode + backend, no HTTP)"}
 
-    def median_ratio(x: str, y: str, field: str = "req_per_s") -> float | None:
-        pairs = [e[x][field] / e[y][field] for e in per_round if x in e and y in e and e[y].get(field)]
-        return statistics.median(pairs) if pairs else None
+    def ratio(x: str, y: str, field: str = "req_per_s") -> float | None:
+        return median_ratio(per_round, x, y, field)
 
     return {
         "model": case.name, "connections": connections, "duration_s": duration_s, "rounds": per_round,
         "labels": labels,
         "median_req_per_s": {k: statistics.median(e[k]["req_per_s"] for e in per_round) for k in keys},
         "median_p99_ms": {k: statistics.median(e[k]["p99_ms"] for e in per_round) for k in servers},
-        "ratios": {"a2/a": median_ratio("a2", "a"), "a2/e": median_ratio("a2", "e"),
-                   "a/b": median_ratio("a", "b"), "a/c": median_ratio("a", "c"), "a/d": median_ratio("a", "d"),
-                   "a/e": median_ratio("a", "e"), "p99 a/d": median_ratio("a", "d", "p99_ms")},
+        "ratios": {"a2/a": ratio("a2", "a"), "a2/e": ratio("a2", "e"), "a/b": ratio("a", "b"),
+                   "a/c": ratio("a", "c"), "a/d": ratio("a", "d"), "a/e": ratio("a", "e"),
+                   "p99 a/d": ratio("a", "d", "p99_ms")},
     }

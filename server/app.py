@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import package_version
 from server.backends import BackendError, BackendFactory, backend_factory
@@ -78,12 +79,43 @@ async def index() -> Response:
     return FastJSONResponse({"name": "gloro-serve", "docs": "/docs", "models": "/v1/models"})
 
 
+class GloroApp(FastAPI):
+    """FastAPI, with the server's own ASGI middleware in front of FastAPI's per-request layers.
+
+    `front` (request metrics, API key, body limit, then `DirectDispatch`) sees every HTTP request
+    first, and sends a predict or infer request straight to its route: past FastAPI's telemetry
+    check, Starlette's error and exception middleware and the router's scan, which cost about a
+    tenth of the event loop's time a request (docs/benchmarks.md, item 10). Anything else reaches
+    `through_fastapi`: FastAPI as usual. The lifespan always goes to FastAPI.
+    """
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.front(scope, receive, send)
+
+    async def through_fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
+    """Outermost first: metrics, then the API key (when one is set), the body limit, dispatch."""
+    inner: ASGIApp = BodyLimit(DirectDispatch(app.through_fastapi, direct_routes(app)), settings.max_body_bytes)
+    if settings.api_key is not None:
+        inner = ApiKey(inner, settings.api_key.get_secret_value())
+    return RequestMetrics(inner, metrics)
+
+
 def create_app(
     settings: ServerSettings,
     *,
     backends: BackendFactory | None = None,
     registry: CollectorRegistry | None = None,
-) -> FastAPI:
+) -> GloroApp:
     """Build the server. Raises RepositoryError (one line) if the repository cannot be served.
 
     Models are loaded and warmed up in the lifespan (so /readyz says when they are); on shutdown
@@ -100,7 +132,7 @@ def create_app(
         # uvicorn has already drained the connections for up to drain_s; what is left is abandoned.
         await asyncio.to_thread(models.stop_all, min(STOP_TIMEOUT_S, settings.drain_s))
 
-    app = FastAPI(
+    app = GloroApp(
         title="gloro-serve",
         version=package_version(),
         summary="Certifiably robust (GloRo) image classification: class, certificate and radius",
@@ -119,9 +151,5 @@ def create_app(
         app.add_api_route("/", demo_page, methods=["GET"], include_in_schema=False)
     else:
         app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
-    app.add_middleware(DirectDispatch, routes=direct_routes(app))  # the first added is innermost
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if settings.api_key is not None:
-        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.front = front_middleware(app, settings, metrics)
     return app

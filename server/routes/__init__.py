@@ -89,10 +89,8 @@ class DirectRoute(APIRoute):
 
 
 class DirectDispatch:
-    """Innermost middleware: a request for a direct route goes to it from here, past Starlette's
-    exception middleware, FastAPI's exit stack and the router's scan of every route. The
-    middleware outside (metrics, API key, body limit) still sees it; anything else, including a
-    direct route's path with another method, goes on to the router as before."""
+    """A request for a direct route goes to it from here; anything else, including a direct
+    route's path with another method, goes on to `app` (the FastAPI application)."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[DirectRoute]) -> None:
         self.app = app
