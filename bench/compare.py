@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = [parse_spec(text) for text in args.server]
         if len({s.label for s in specs}) != len(specs):
             raise CompareError("each --server needs its own LABEL")
-        work = args.out.parent / "tmp" / "compare"
+        work = args.out.resolve().parent / "tmp" / "compare"
         work.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         result = {"command": f"{PROG} " + shlex.join(argv), "machine": machine.describe(ROOT),

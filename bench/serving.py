@@ -158,7 +158,10 @@ def running(target: Target, case: ModelCase, log: Path, start_timeout: float = 1
             time.sleep(0.25)
         yield Running(url, process.pid)  # start_new_session: its pid is its process group
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:  # it exited (and said why, above)
+            pass
         try:
             process.wait(20)
         except subprocess.TimeoutExpired:
