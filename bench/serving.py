@@ -31,7 +31,6 @@ import orjson
 
 from bench.load import run_load
 from bench.models import ROOT, ModelCase
-from server.batcher import GIL_SWITCH_INTERVAL_S
 from server.decode import decode_base64, decode_images
 
 
@@ -197,7 +196,11 @@ def ceiling_backends(case: ModelCase, backend: str, device: str) -> dict[int, An
 
 def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, threads: int = 1) -> dict[str, Any]:
     """Requests per second through the server's JSON parsing, base64 + image decoding and backend
-    (batches of `batch_size` requests), in `threads` Python threads at once, with no HTTP."""
+    (batches of `batch_size` requests), in `threads` Python threads at once, with no HTTP, and
+    the server's default GIL switch interval."""
+    from server.settings import ServerSettings
+
+    switch_interval_s = ServerSettings.model_fields["switch_interval_ms"].default / 1000.0
     input_spec = model.spec.manifest.input
     body = case.body
 
@@ -212,7 +215,7 @@ def ceiling(case: ModelCase, model: Any, batch_size: int, duration_s: float, thr
     one_batch()
     done = [0] * threads
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `gloro-serve` sets it for its process
+    sys.setswitchinterval(switch_interval_s)  # as `gloro-serve` sets it for its process
     started = time.perf_counter()
 
     def worker(i: int) -> None:

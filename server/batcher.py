@@ -30,13 +30,6 @@ log = logging.getLogger("server.batcher")
 Clock = Callable[[], float]
 _ids = itertools.count()
 
-# How long a thread may hold the GIL while another asks for it (sys.setswitchinterval; Python's
-# default is 5 ms). A worker whose forward pass has ended (onnxruntime runs without the GIL) waits
-# that long for the busy event loop to let go, its core idle meanwhile: on the 6C2F with two
-# workers on 2 cores, 0.25 of a core stood idle at 5 ms and 0.13 at 0.5 ms, for 9 % more req/s
-# (docs/benchmarks.md, "GIL hand-over"). The serve command sets it for its process.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
 
 @dataclass(frozen=True)
 class BatchConfig:

@@ -107,9 +107,9 @@ def serve(settings: ServerSettings, backends: Any = None) -> int:
     import uvicorn
 
     from server.app import create_app
-    from server.batcher import GIL_SWITCH_INTERVAL_S
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide, so here and not in create_app
+    # Process-wide, so here and not in create_app (docs/benchmarks.md, "GIL hand-over").
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(settings, backends=backends)
     load_models(app.state.models)

@@ -61,6 +61,12 @@ class ServerSettings(BaseSettings):
         description="intra-op threads per model (0: the backend's default with one instance; with more, "
         "the cores shared among them)",
     )
+    switch_interval_ms: float = Field(
+        0.5, gt=0, le=100,
+        description="Python's GIL switch interval for the server process (Python's default: 5): a batch "
+        "worker whose forward pass has ended waits up to this long for the busy event loop to let go "
+        "of the GIL; shorter is faster for compute-bound models, a little slower for tiny ones",
+    )
     api_key: SecretStr | None = Field(
         None, description="require this key (X-API-Key or Authorization: Bearer) except on health and metrics"
     )

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from conftest import make_settings
-from server.batcher import GIL_SWITCH_INTERVAL_S
 from server.cli import main, parse_settings, serve
 from server.settings import ServerSettings, shipped_repository
 
@@ -102,10 +101,11 @@ def test_intra_op_threads_share_the_cores_among_instances(monkeypatch: pytest.Mo
     assert ServerSettings(instances=2, threads=3).intra_op_threads() == 3  # an explicit --threads wins
 
 
-def test_serve_shortens_the_gil_switch_interval_for_its_process(
-    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("flags, interval_s", [({}, 0.0005), ({"switch_interval_ms": 2.0}, 0.002)])
+def test_serve_sets_the_gil_switch_interval_for_its_process(
+    flags: dict[str, float], interval_s: float, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch workers must not wait Python's default 5 ms for the event loop's GIL."""
+    """By default batch workers do not wait Python's 5 ms for the event loop's GIL."""
     seen: dict[str, Any] = {}
 
     class NoUvicorn:
@@ -120,9 +120,15 @@ def test_serve_shortens_the_gil_switch_interval_for_its_process(
     before = sys.getswitchinterval()
     sys.setswitchinterval(PYTHON_DEFAULT_SWITCH_INTERVAL_S)
     try:
-        assert serve(make_settings(tiny_repo)) == 0
+        assert serve(make_settings(tiny_repo, **flags)) == 0
     finally:
         sys.setswitchinterval(before)
         if "app" in seen:
             seen["app"].state.models.stop_all(0.0)
-    assert seen["interval"] == pytest.approx(GIL_SWITCH_INTERVAL_S) != PYTHON_DEFAULT_SWITCH_INTERVAL_S
+    assert seen["interval"] == pytest.approx(interval_s)
+
+
+def test_a_switch_interval_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--switch-interval-ms", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gloro-serve: error: --switch-interval-ms:") and err.count("\n") == 1
