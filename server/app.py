@@ -86,7 +86,8 @@ class GloroApp(FastAPI):
     first, and sends a predict or infer request straight to its route: past FastAPI's telemetry
     check, Starlette's error and exception middleware and the router's scan, which cost about a
     tenth of the event loop's time a request (docs/benchmarks.md, item 10). Anything else reaches
-    `through_fastapi`: FastAPI as usual. The lifespan always goes to FastAPI.
+    `through_fastapi`: FastAPI as usual. The lifespan always goes to FastAPI. So middleware that
+    an embedding application adds with `add_middleware` sees only what reaches FastAPI.
     """
 
     front: ASGIApp | None = None
