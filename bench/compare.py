@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 from bench import machine
 from bench.models import ROOT, prepare
-from bench.serving import Target, ceiling_backends, median_ratio, running, side_by_side
+from bench.serving import Target, ceiling_backends, median_ratio, running, serve_command, side_by_side
 
 PROG = "python -m bench.compare"
 
@@ -94,13 +94,12 @@ def compare(specs: list[ServerSpec], model: str, connections: int, duration_s: f
             batch_size: int, work: Path, client: str) -> dict[str, Any]:
     case = prepare(model, work)
     models = ceiling_backends(case, "onnxruntime", "cpu")
-    serve = ["-m", "server", "serve", "--repository", str(case.repository), "--port", "{port}",
-             "--default-model", case.name, "--log-level", "warning", "--max-queue", "1024"]
+    serve = serve_command(case)
     with ExitStack() as stack:
         servers = {}
         for spec in specs:
             cwd = stack.enter_context(checkout(spec.revision, work)) if spec.revision else ROOT
-            target = Target(spec.label, spec.label, [sys.executable, *serve, *spec.flags], "/v1/predict", cwd)
+            target = Target(spec.label, spec.label, [*serve, *spec.flags], "/v1/predict", cwd)
             servers[spec.label] = stack.enter_context(running(target, case, work / f"compare-{spec.label}.log"))
         per_round = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
                                  batch_size, f"{case.key} compare")

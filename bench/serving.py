@@ -43,10 +43,15 @@ class Target:
     cwd: Path = ROOT  # where it starts: another checkout runs that checkout's server
 
 
+def serve_command(case: ModelCase, backend: str = "onnxruntime", device: str = "cpu") -> list[str]:
+    """`gloro-serve` serving `case` as every benchmark starts it (a port of `{port}`, flags to add)."""
+    return [sys.executable, "-m", "server", "serve", "--repository", str(case.repository), "--port", "{port}",
+            "--default-model", case.name, "--backend", backend, "--device", device, "--log-level", "warning",
+            "--max-queue", "1024"]
+
+
 def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, peers: bool) -> list[Target]:
-    serve = [sys.executable, "-m", "server", "serve", "--repository", str(case.repository), "--port", "{port}",
-             "--default-model", case.name, "--backend", backend, "--device", device, "--log-level", "warning",
-             "--max-queue", "1024"]
+    serve = serve_command(case, backend, device)
     out = [
         Target("a", f"gloro-serve (batching, max {max_batch_size})", [*serve, "--max-batch-size", str(max_batch_size)],
                "/v1/predict"),
