@@ -132,6 +132,7 @@ def create_app(
         yield
         # uvicorn has already drained the connections for up to drain_s; what is left is abandoned.
         await asyncio.to_thread(models.stop_all, min(STOP_TIMEOUT_S, settings.drain_s))
+        metrics.close()
 
     app = GloroApp(
         title="gloro-serve",

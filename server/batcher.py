@@ -171,8 +171,7 @@ class Batcher:
         if config.instances < 1:
             raise ValueError(f"instances must be at least 1, got {config.instances}")
         self._queue: queue.Queue[InferenceRequest] = queue.Queue(config.queue_size)
-        # Each worker's part of a request that spanned its last batch: only that worker touches
-        # its slot; depth() only reads them.
+        # Each worker's part of a request that spanned its last batch: only that worker touches its slot.
         self._carries: list[Slice | None] = [None] * config.instances
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -180,8 +179,8 @@ class Batcher:
     # -- event-loop side -------------------------------------------------------------------
 
     def depth(self) -> int:
-        """Requests waiting (a request split across batches counts until its last part runs)."""
-        return self._queue.qsize() + sum(c is not None for c in self._carries)
+        """Requests queued, not yet taken into a batch (the gauge gloro_queue_depth)."""
+        return self._queue.qsize()
 
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
         if self._stopping:
@@ -194,6 +193,8 @@ class Batcher:
             raise QueueFull(
                 f"model {self.model} is overloaded: {self.config.queue_size} requests already queued"
             ) from None
+        if self.metrics is not None:
+            self.metrics.queue_depth.inc()
         return request
 
     async def infer(self, inputs: np.ndarray) -> BatchOutput:
@@ -234,9 +235,12 @@ class Batcher:
 
     def _take(self, timeout: float) -> InferenceRequest | None:
         try:
-            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            request = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return None
+        if self.metrics is not None:
+            self.metrics.queue_depth.dec()
+        return request
 
     def _work(self, worker: int) -> None:
         last_batch_requests = 0

@@ -102,26 +102,41 @@ def load_models(models: Models) -> None:
         raise RepositoryError(str(exc)) from None
 
 
+def configure_process(settings: ServerSettings) -> None:
+    """What each serving process sets for itself: process-wide, so here and not in create_app
+    (the GIL switch interval: docs/benchmarks.md, "GIL hand-over")."""
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+
+
+def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": settings.drain_s,
+        "server_header": False,
+    }
+
+
 def serve(settings: ServerSettings, backends: Any = None) -> int:
-    """Run the server until SIGINT/SIGTERM; `backends` replaces the configured backend factory."""
+    """Run the server until SIGINT/SIGTERM; `backends` replaces the configured backend factory
+    (in one process only: worker processes build the configured one)."""
     import uvicorn
 
     from server.app import create_app
 
-    # Process-wide, so here and not in create_app (docs/benchmarks.md, "GIL hand-over").
-    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if settings.workers > 1 and backends is not None:
+        raise ValueError("a replacement backend factory serves one process; worker processes build their own")
+    configure_process(settings)
+    if settings.workers > 1:
+        from server.workers import serve_workers
+
+        return serve_workers(settings)
     app = create_app(settings, backends=backends)
     load_models(app.state.models)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.drain_s,
-        server_header=False,
-    )
+    config = uvicorn.Config(app, **uvicorn_options(settings))
     return 0 if DrainingServer(config).run() else 3
 
 

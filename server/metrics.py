@@ -1,15 +1,24 @@
 """Prometheus metrics, on a registry the app is given (never the global one).
 
 Labels stay bounded: model names come from the repository, routes are templates, status codes
-are three digits.
+are three digits. Under `--workers` (server/workers.py) prometheus_client runs in its multiprocess
+mode and /metrics adds up every worker's series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+# prometheus_client chooses its multiprocess mode from this variable when it is first imported.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process writes its metrics for others to add up (prometheus_client's test)."""
+    return MULTIPROCESS_DIR_VARIABLE in os.environ
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -26,6 +35,7 @@ class ModelMetrics:
     radius: Histogram
     certified: Counter
     abstained: Counter
+    queue_depth: Gauge
 
     def record_predictions(self, certified: int, total: int) -> None:
         if certified:
@@ -65,12 +75,28 @@ class Metrics:
             buckets=RADIUS_BUCKETS, registry=registry,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # Kept by the batcher as requests enter and leave its queue (a gauge read by a function
+        # at scrape time would see only the worker that answers the scrape); with --workers the
+        # sum over the workers alive.
         self.queue_depth = Gauge(
-            "gloro_queue_depth", "requests waiting for a batch", ["model"], registry=registry
+            "gloro_queue_depth", "requests queued, not yet taken into a batch", ["model"],
+            registry=registry, multiprocess_mode="livesum",
         )
 
-    def for_model(self, model: str, queue_depth: Callable[[], float]) -> ModelMetrics:
-        self.queue_depth.labels(model).set_function(queue_depth)
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this process's series, or with --workers every worker's."""
+        if not multiprocess_mode():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """At a worker's exit: its queue depth leaves the sum (its counters stay in the totals)."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())
+
+    def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(
             queue_wait=self.queue_wait.labels(model),
             inference=self.inference.labels(model),
@@ -78,6 +104,7 @@ class Metrics:
             radius=self.radius.labels(model),
             certified=self.predictions.labels(model, "certified"),
             abstained=self.predictions.labels(model, "abstained"),
+            queue_depth=self.queue_depth.labels(model),
         )
 
     def record_request(self, model: str, route: str, status: int, seconds: float) -> None:

@@ -30,7 +30,7 @@ class ModelService:
         self.backend = backend
         self.config = config
         self.ready = False
-        self.metrics = metrics.for_model(spec.name, lambda: self.batcher.depth())
+        self.metrics = metrics.for_model(spec.name)
         self.batcher = Batcher(spec.name, backend, config, self.metrics)
 
     def load(self) -> None:

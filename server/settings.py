@@ -54,6 +54,11 @@ class ServerSettings(BaseSettings):
         description="worker threads per model, each running its own batches on the one loaded model "
         "(Triton: instance_group count); 2 can help a compute-bound model on a CPU",
     )
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="server processes sharing the port, each with its own event loop and copy of every model "
+        "(uvicorn's workers); more than 1 uses more cores for the HTTP path",
+    )
     backend: BackendName = Field("onnxruntime", description="inference backend")
     device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
     threads: int = Field(
@@ -84,13 +89,15 @@ class ServerSettings(BaseSettings):
     )
 
     def intra_op_threads(self) -> int:
-        """--threads, or for 0: the backend's own default (0) when one worker runs batches, else the
-        cores this process may use shared among the --instances workers: two batches on one core
-        each beat two batches each spread over both (docs/benchmarks.md, "One core per worker")."""
-        if self.threads or self.instances == 1:
+        """--threads, or for 0: the backend's own default (0) when one thread in one process runs
+        batches, else the cores this process may use shared among the --workers x --instances batch
+        threads: two batches on one core each beat two batches each spread over both
+        (docs/benchmarks.md, "One core per worker")."""
+        runners = self.instances * self.workers
+        if self.threads or runners == 1:
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // self.instances)
+        return max(1, cores // runners)
 
     def repository_path(self) -> Path:
         return self.repository if self.repository is not None else shipped_repository()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from server.errors import Unavailable
@@ -37,7 +37,7 @@ class HealthAPI:
         return await self.model_ready(self.models.version(name, version).spec.name)
 
     async def prometheus(self) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     def routes(self) -> list[Route]:
         return [

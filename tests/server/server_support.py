@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def promtool_check_metrics(text: str) -> None:
+    """`promtool check metrics` must parse the exposition (exit 1 is naming advice, 3 unparsable text)."""
+    import pytest
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`)")
+    check = subprocess.run([promtool, "check", "metrics"], input=text, text=True, capture_output=True)
+    assert check.returncode in (0, 1) and "error while linting" not in check.stderr, check.stderr
 
 
 def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

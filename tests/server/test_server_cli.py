@@ -92,13 +92,22 @@ def test_train_is_delegated_with_its_name(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == [["export", "--out", "x"]]
 
 
-def test_intra_op_threads_share_the_cores_among_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_intra_op_threads_share_the_cores_among_instances_and_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(8)))
-    assert ServerSettings().intra_op_threads() == 0  # one worker: the backend's own default
+    assert ServerSettings().intra_op_threads() == 0  # one batch thread in one process: the backend's default
     assert ServerSettings(instances=2).intra_op_threads() == 4
     assert ServerSettings(instances=3).intra_op_threads() == 2
     assert ServerSettings(instances=16).intra_op_threads() == 1
     assert ServerSettings(instances=2, threads=3).intra_op_threads() == 3  # an explicit --threads wins
+    assert ServerSettings(workers=2).intra_op_threads() == 4  # each process's share of the cores
+    assert ServerSettings(workers=2, instances=2).intra_op_threads() == 2
+    assert ServerSettings(workers=64).intra_op_threads() == 1
+
+
+def test_a_replacement_backend_factory_cannot_go_to_worker_processes(tiny_repo: Path) -> None:
+    settings = ServerSettings(repository=tiny_repo, default_model="tiny", workers=2)
+    with pytest.raises(ValueError, match="worker processes build their own"):
+        serve(settings, backends=lambda spec: None)
 
 
 @pytest.mark.parametrize("flags, interval_s", [({}, 0.005), ({"switch_interval_ms": 0.5}, 0.0005)])

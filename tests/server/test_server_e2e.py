@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from server_support import TESTS, ServerProcess, burst, histogram_buckets, png_bytes
+from server_support import TESTS, ServerProcess, burst, histogram_buckets, png_bytes, promtool_check_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +74,13 @@ def test_concurrent_load_is_batched(server, mnist_test) -> None:
     total, ones = batches(server)
     assert total - total0 < 256  # fewer forward passes than requests
     assert (total - total0) - (ones - ones0) > 0  # some pass held more than one image
+
+
+def test_metrics_pass_promtool(server, mnist_test) -> None:
+    import httpx
+
+    assert httpx.post(server.url + "/v1/predict", content=png_bytes(mnist_test[0][3]), headers=PNG).status_code == 200
+    promtool_check_metrics(server.metrics())
 
 
 def test_max_batch_size_one_never_batches(tiny_repo: Path, mnist_test) -> None:

@@ -1,0 +1,61 @@
+"""`--workers N`: N server processes sharing one listening socket, supervised by uvicorn.
+
+Each worker is the whole server (its own event loop, models and batchers), started by uvicorn's
+`Multiprocess` supervisor, which restarts a worker that dies and, on SIGTERM or SIGINT, passes the
+signal on so each worker drains as a single server does. The kernel spreads connections over the
+workers, so a model's queue and batches are per worker.
+
+Metrics: prometheus_client's multiprocess mode. Every worker writes its series to files in a
+directory made for this run (PROMETHEUS_MULTIPROC_DIR, which must be set before a worker imports
+prometheus_client: spawned workers inherit it), and /metrics, whichever worker answers it, adds
+them up (`server.metrics.Metrics.exposition`).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import tempfile
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
+
+from server.app import GloroApp, create_app
+from server.cli import configure_process, load_models, uvicorn_options
+from server.metrics import MULTIPROCESS_DIR_VARIABLE
+from server.settings import ServerSettings
+
+
+def worker_app(settings: ServerSettings) -> GloroApp:
+    """The app factory each worker process calls; its models load in the lifespan."""
+    configure_process(settings)
+    return create_app(settings)
+
+
+def check_servable(settings: ServerSettings) -> None:
+    """Load every model once in the supervisor and let it go again: a repository that cannot be
+    served is then the CLI's one-line refusal (RepositoryError), not a worker failing at startup."""
+    models = create_app(settings).state.models
+    load_models(models)
+    models.stop_all(0.0)
+    del models
+    gc.collect()  # the app's reference cycles would keep the sessions' memory until much later
+
+
+def serve_workers(settings: ServerSettings) -> int:
+    """Run `settings.workers` workers until SIGINT/SIGTERM: 0 after a clean stop, 3 if a worker
+    could not start (uvicorn then stops them all)."""
+    check_servable(settings)
+    config = uvicorn.Config(
+        functools.partial(worker_app, settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with tempfile.TemporaryDirectory(prefix="gloro-metrics-") as metrics_dir:
+        os.environ[MULTIPROCESS_DIR_VARIABLE] = metrics_dir  # spawned workers inherit it
+        try:
+            supervisor.run()
+        finally:
+            del os.environ[MULTIPROCESS_DIR_VARIABLE]
+    return 3 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0

@@ -1,0 +1,116 @@
+"""`--workers 2`: two real uvicorn worker processes behind one port, one set of metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server_support import ServerProcess, metric_samples, png_bytes, promtool_check_metrics
+
+pytestmark = pytest.mark.e2e
+
+PNG = {"Content-Type": "image/png"}
+PREDICTED = (("model", "tiny"), ("route", "/v1/predict"), ("status", "200"))
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process has gone
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def sockets(pid: int) -> int:
+    """Open sockets of a process: its listening socket, pipes aside, plus one per accepted connection."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+def workers_of(process: ServerProcess, n: int, timeout: float = 60.0) -> list[int]:
+    """The supervisor's `n` worker processes, once there are `n` and each answers on the port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p for p in children(process.process.pid)
+                if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        if len(pids) == n:
+            return pids
+        time.sleep(0.2)
+    raise AssertionError(f"expected {n} workers, found {children(process.process.pid)}")
+
+
+def predict_on_new_connections(url: str, png: bytes, n: int) -> list[int]:
+    """n predictions, each on a connection of its own."""
+    return [httpx.post(url + "/v1/predict", content=png, headers=PNG).status_code for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tiny_repo: Path):
+    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--workers", "2"]) as process:
+        yield process
+    assert process.process.returncode == 0, process.output()
+
+
+def test_both_workers_answer_and_metrics_count_every_request_whoever_is_scraped(two_workers, mnist_test) -> None:
+    pids = workers_of(two_workers, 2)
+    counted_before = metric_samples(two_workers.metrics(), "gloro_requests_total").get(PREDICTED, 0.0)
+    time.sleep(0.2)  # the scrape's connection closes in its worker
+    before = {pid: sockets(pid) for pid in pids}
+    png = png_bytes(mnist_test[0][0])
+    clients = [httpx.Client(base_url=two_workers.url) for _ in range(16)]  # 16 connections, held open
+    try:
+        codes = [c.post("/v1/predict", content=png, headers=PNG).status_code for c in clients]
+        accepted = {pid: sockets(pid) - before[pid] for pid in pids}
+    finally:
+        for c in clients:
+            c.close()
+    assert codes == [200] * 16
+    assert min(accepted.values()) >= 1, accepted  # each worker holds some of the connections
+    # A scrape lands on either worker; each must count all 16 predictions.
+    for _ in range(6):
+        text = two_workers.metrics()
+        assert metric_samples(text, "gloro_requests_total")[PREDICTED] - counted_before == 16
+        assert metric_samples(text, "gloro_queue_depth")[(("model", "tiny"),)] == 0
+
+
+def test_metrics_of_workers_pass_promtool(two_workers) -> None:
+    promtool_check_metrics(two_workers.metrics())
+
+
+def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(two_workers, mnist_test) -> None:
+    victim = workers_of(two_workers, 2)[0]
+    png = png_bytes(mnist_test[0][1])
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    assert predict_on_new_connections(two_workers.url, png, 20) == [200] * 20
+    deadline = time.monotonic() + 60
+    while victim in (pids := workers_of(two_workers, 2)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert victim not in pids, "the killed worker was not replaced"
+    # The replacement loads its models and joins in; every request still gets its answer.
+    assert predict_on_new_connections(two_workers.url, png, 20) == [200] * 20
+
+
+def test_sigterm_stops_every_worker_and_exits_zero(tiny_repo: Path) -> None:
+    process = ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--workers", "2"]).wait_ready()
+    pids = workers_of(process, 2)
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(30) == 0, process.output()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_repository_that_cannot_be_served_is_one_line_before_any_worker_starts(tmp_path: Path) -> None:
+    process = ServerProcess(["--repository", str(tmp_path), "--workers", "2"])
+    assert process.process.wait(60) == 2
+    lines = process.output().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gloro-serve: error: cannot serve:"), lines
