@@ -50,9 +50,10 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         mnist = None
     if "cifar" in side:
         add(f"6C2F at {c} connections: gloro-serve / in-process ceiling", side["cifar"]["ratios"]["a/e"], 0.9, True, how)
-        if side["cifar"]["ratios"].get("a2/e") is not None:
-            add(f"6C2F at {c} connections: gloro-serve --instances 2 / in-process ceiling",
-                side["cifar"]["ratios"]["a2/e"], 0.9, True, how)
+        for key, flag in (("a2", "--instances 2"), ("w2", "--workers 2")):
+            if side["cifar"]["ratios"].get(f"{key}/e") is not None:  # absent from runs before the flag
+                add(f"6C2F at {c} connections: gloro-serve {flag} / in-process ceiling",
+                    side["cifar"]["ratios"][f"{key}/e"], 0.9, True, how)
         if serving.get("cifar", {}).get("device") == "cuda":
             add(f"GPU: 6C2F at {c} connections: batching / unbatched", side["cifar"]["ratios"]["a/b"], 10.0, True, how)
     if mnist:

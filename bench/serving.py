@@ -59,6 +59,9 @@ def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, pee
         # (a) with two worker threads sharing the model: what --instances buys, model by model.
         Target("a2", f"gloro-serve (batching, max {max_batch_size}) --instances 2",
                [*serve, "--max-batch-size", str(max_batch_size), "--instances", "2"], "/v1/predict"),
+        # (a) as two processes: what --workers buys when the event loop or the GIL is the limit.
+        Target("w2", f"gloro-serve (batching, max {max_batch_size}) --workers 2",
+               [*serve, "--max-batch-size", str(max_batch_size), "--workers", "2"], "/v1/predict"),
     ]
     if peers:
         peer = [sys.executable, "-m", "bench.peers"]
@@ -368,7 +371,8 @@ def headline(case: ModelCase, work: Path, connections: int, duration_s: float, r
         "labels": labels,
         "median_req_per_s": {k: statistics.median(e[k]["req_per_s"] for e in per_round) for k in keys},
         "median_p99_ms": {k: statistics.median(e[k]["p99_ms"] for e in per_round) for k in servers},
-        "ratios": {"a2/a": ratio("a2", "a"), "a2/e": ratio("a2", "e"), "a/b": ratio("a", "b"),
+        "ratios": {"a2/a": ratio("a2", "a"), "a2/e": ratio("a2", "e"), "w2/a": ratio("w2", "a"),
+                   "w2/e": ratio("w2", "e"), "a/b": ratio("a", "b"),
                    "a/c": ratio("a", "c"), "a/d": ratio("a", "d"), "a/e": ratio("a", "e"),
                    "p99 a/d": ratio("a", "d", "p99_ms")},
     }

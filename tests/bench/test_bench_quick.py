@@ -49,7 +49,7 @@ def test_quick_mode_writes_results_json(quick_run) -> None:
     assert all(r["head_us"] > 0 and r["logits_only_us"] > 0 and r["ratio"] > 0 for r in overhead["rows"])
     serving = results["serving"]["mnist"]
     assert serving["weights"] == "random (seed 0)"
-    assert set(serving["targets"]) == {"a", "a2", "b"}  # --no-peers: only gloro-serve's own modes
+    assert set(serving["targets"]) == {"a", "a2", "w2", "b"}  # --no-peers: only gloro-serve's own modes
     for target in serving["targets"].values():
         assert "error" not in target, target
         assert target["label_answered"] == serving["expected_label"]
@@ -66,7 +66,8 @@ def test_quick_mode_writes_results_json(quick_run) -> None:
     assert {c["threads"] for c in serving["ceiling"]["rows"]} == {1, 2}  # one and several batches at once
     side = results["headline"]["mnist"]
     assert side["connections"] == 8 and len(side["rounds"]) == 1
-    assert set(side["rounds"][0]) == {"a", "a2", "b", "e"} and side["rounds"][0]["a"]["errors"] == {}
+    assert set(side["rounds"][0]) == {"a", "a2", "w2", "b", "e"} and side["rounds"][0]["a"]["errors"] == {}
+    assert side["rounds"][0]["w2"]["errors"] == {} and side["ratios"]["w2/a"] > 0
     assert side["ratios"]["a2/a"] > 0 and side["ratios"]["a/b"] > 0 and side["ratios"]["a/e"] > 0 and side["ratios"]["a/c"] is None
     training = results["training"]
     assert training["epoch"]["gloro_step_s"] > 0 and training["epoch"]["plain_step_s"] > 0
