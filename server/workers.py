@@ -36,8 +36,9 @@ def worker_app(settings: ServerSettings) -> GloroApp:
 
 def check_servable(settings: ServerSettings) -> None:
     """Load every model once in the supervisor and let it go again: a repository that cannot be
-    served is then the CLI's one-line refusal (RepositoryError), not a worker failing at startup."""
-    models = create_app(settings).state.models
+    served is then the CLI's one-line refusal (RepositoryError), not a worker failing at startup.
+    On the CPU: a CUDA context made here would hold GPU memory for the supervisor's lifetime."""
+    models = create_app(settings.model_copy(update={"device": "cpu"})).state.models
     load_models(models)
     models.stop_all(0.0)
     del models

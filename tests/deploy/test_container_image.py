@@ -90,7 +90,7 @@ class Running:
 
 
 def listener(port: int) -> tuple[int, int, str]:
-    """(pid, uid, local address) of the process listening on TCP `port` (IPv4)."""
+    """(pid, uid, local address) of the server process listening on TCP `port` (IPv4)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         address, hex_port = fields[1].split(":")
@@ -99,13 +99,30 @@ def listener(port: int) -> tuple[int, int, str]:
             break
     else:
         raise AssertionError(f"nothing listens on port {port}")
+    holders = set()
     for fd in glob.glob("/proc/[0-9]*/fd/*"):
         try:
             if os.readlink(fd) == f"socket:[{inode}]":
-                return int(fd.split("/")[2]), uid, address
+                holders.add(int(fd.split("/")[2]))
         except OSError:
             continue
+    # With GLORO_WORKERS the supervisor and its workers all hold the socket: the server is the
+    # holder whose parent does not.
+    for pid in holders:
+        if parent_pid(pid) not in holders:
+            return pid, uid, address
     raise AssertionError(f"no process holds the socket of port {port}")
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:  # gone
+        return None
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and parent_pid(int(p)) == pid]
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +263,27 @@ def test_sigterm_answers_queued_requests_and_exits_0(image: Image, container: st
     assert code == 0, output
     assert [len(a["predictions"]) for a in answers] == [1] * len(images)
 
+
+
+def test_workers_share_the_port_and_one_set_of_metrics(image: Image, container: str) -> None:
+    """GLORO_WORKERS=2 in the image: two worker processes, /metrics counts every request whichever
+    worker answers it (its files under the image's /tmp), and SIGTERM still exits 0."""
+    import httpx
+
+    running = start(image, container, env={"GLORO_WORKERS": "2", "GLORO_THREADS": "1"})
+    try:
+        supervisor, _, _ = listener(running.port)
+        workers = [p for p in children(supervisor) if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 2, workers
+        pngs = mnist_test_pngs(8)
+        for png, label in pngs:
+            assert predict(running.base_url, [png])["predictions"][0]["label"] == label
+        for _ in range(4):  # each scrape lands on either worker
+            text = httpx.get(f"{running.base_url}/metrics", timeout=10).text
+            assert re.search(r'gloro_predictions_total\{model="mnist-2c2f",outcome="(certified|abstained)"\} ', text)
+            counted = sum(float(v) for v in re.findall(
+                r'^gloro_predictions_total\{model="mnist-2c2f",outcome="\w+"\} (\S+)$', text, re.M))
+            assert counted == len(pngs), text
+    finally:
+        code, output = stop(running)
+    assert code == 0, output

@@ -141,3 +141,15 @@ def test_a_switch_interval_out_of_range_is_one_line(capsys: pytest.CaptureFixtur
     assert main(["--switch-interval-ms", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gloro-serve: error: --switch-interval-ms:") and err.count("\n") == 1
+
+
+def test_the_workers_supervisor_checks_the_repository_on_the_cpu(tiny_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It loads every model once to refuse a bad repository in one line; on a GPU machine that load
+    must not leave a CUDA context (GPU memory) in the supervisor."""
+    import server.workers as workers
+
+    built: list[ServerSettings] = []
+    real_create_app = workers.create_app
+    monkeypatch.setattr(workers, "create_app", lambda s: built.append(s) or real_create_app(s))
+    workers.check_servable(ServerSettings(repository=tiny_repo, default_model="tiny", workers=2, device="cuda"))
+    assert [s.device for s in built] == ["cpu"] and built[0].workers == 2
