@@ -2,8 +2,10 @@
 
 Each worker is the whole server (its own event loop, models and batchers), started by uvicorn's
 `Multiprocess` supervisor, which restarts a worker that dies and, on SIGTERM or SIGINT, passes the
-signal on so each worker drains as a single server does. The kernel spreads connections over the
-workers, so a model's queue and batches are per worker.
+signal on so each worker drains as a single server does. On SIGHUP it replaces the workers one at
+a time, each new one serving before the old one drains: a new model version in the repository is
+then served with no gap (a replacement that cannot load keeps the old worker). The kernel spreads
+connections over the workers, so a model's queue and batches are per worker.
 
 Metrics: prometheus_client's multiprocess mode. Every worker writes its series to files in a
 directory made for this run (PROMETHEUS_MULTIPROC_DIR, which must be set before a worker imports
@@ -28,6 +30,12 @@ from server.metrics import MULTIPROCESS_DIR_VARIABLE
 from server.settings import ServerSettings
 
 
+# How long a worker started by SIGHUP has to load and warm up its models before the supervisor
+# gives up on it (uvicorn's default, 5 s, is short for a large model), and how long a live worker
+# may leave the supervisor's health ping unanswered.
+WORKER_READY_S = 60
+
+
 def worker_app(settings: ServerSettings) -> GloroApp:
     """The app factory each worker process calls; its models load in the lifespan."""
     configure_process(settings)
@@ -50,7 +58,8 @@ def serve_workers(settings: ServerSettings) -> int:
     could not start (uvicorn then stops them all)."""
     check_servable(settings)
     config = uvicorn.Config(
-        functools.partial(worker_app, settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
+        functools.partial(worker_app, settings), factory=True, workers=settings.workers,
+        timeout_worker_healthcheck=WORKER_READY_S, **uvicorn_options(settings),
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     with tempfile.TemporaryDirectory(prefix="gloro-metrics-") as metrics_dir:

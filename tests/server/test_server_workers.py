@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from server_support import ServerProcess, metric_samples, png_bytes, promtool_check_metrics
+from tiny_model import write_model
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +117,39 @@ def test_a_repository_that_cannot_be_served_is_one_line_before_any_worker_starts
     assert process.process.wait(60) == 2
     lines = process.output().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gloro-serve: error: cannot serve:"), lines
+
+
+def test_sighup_serves_a_new_model_version_without_a_failed_request(tiny_repo: Path, tmp_path: Path,
+                                                                      mnist_test) -> None:
+    """SIGHUP replaces the workers one at a time: the repository's new version is served, and a
+    client posting throughout sees only 200s."""
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repo / "tiny" / "1", repository / "tiny" / "1")
+    png = png_bytes(mnist_test[0][4])
+    with ServerProcess(["--repository", str(repository), "--default-model", "tiny", "--workers", "2"]) as process:
+        old = workers_of(process, 2)
+        write_model(repository, "tiny", "3")
+        codes: list[int | str] = []
+        stop = threading.Event()
+
+        def post_until_stopped() -> None:
+            while not stop.is_set():
+                try:
+                    codes.append(httpx.post(process.url + "/v1/predict", content=png, headers=PNG).status_code)
+                except httpx.TransportError as exc:  # a refused or dropped connection
+                    codes.append(type(exc).__name__)
+
+        client = threading.Thread(target=post_until_stopped)
+        client.start()
+        try:
+            process.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while set(old) & set(children(process.process.pid)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            client.join()
+        assert not set(old) & set(workers_of(process, 2)), "the old workers are still there"
+        versions = {httpx.get(process.url + "/v1/models/tiny").json()["version"] for _ in range(8)}
+        assert versions == {"3"}
+        assert len(codes) > 10 and set(codes) == {200}, (len(codes), set(codes))
