@@ -84,8 +84,7 @@ class ApiKey:
 
 
 class BodyLimit:
-    """413 for a declared Content-Length over the limit, and for a streamed (chunked) body that
-    grows past it."""
+    """413 for a declared Content-Length over the limit, and for a streamed body that grows past it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -97,12 +96,8 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if value.isdigit():
-                    if int(value) > self.max_bytes:
-                        await self._refuse(int(value))(scope, receive, send)
-                        return
-                    # The HTTP parser delivers exactly the declared length: nothing left to count.
-                    await self.app(scope, receive, send)
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await self._refuse(int(value))(scope, receive, send)
                     return
                 break
         received = 0

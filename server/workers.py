@@ -62,10 +62,14 @@ def serve_workers(settings: ServerSettings) -> int:
         timeout_worker_healthcheck=WORKER_READY_S, **uvicorn_options(settings),
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    previous = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
     with tempfile.TemporaryDirectory(prefix="gloro-metrics-") as metrics_dir:
         os.environ[MULTIPROCESS_DIR_VARIABLE] = metrics_dir  # spawned workers inherit it
         try:
             supervisor.run()
         finally:
-            del os.environ[MULTIPROCESS_DIR_VARIABLE]
+            if previous is None:
+                del os.environ[MULTIPROCESS_DIR_VARIABLE]
+            else:
+                os.environ[MULTIPROCESS_DIR_VARIABLE] = previous
     return 3 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
