@@ -87,6 +87,14 @@ def test_both_workers_answer_and_metrics_count_every_request_whoever_is_scraped(
         assert metric_samples(text, "gloro_queue_depth")[(("model", "tiny"),)] == 0
 
 
+def test_workers_never_load_torch(two_workers) -> None:
+    """Spawned workers are fresh interpreters the supervisor's import guard does not reach: no
+    torch library may be mapped into them (onnxruntime's is)."""
+    for pid in workers_of(two_workers, 2):
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "onnxruntime" in maps and "libtorch" not in maps
+
+
 def test_metrics_of_workers_pass_promtool(two_workers) -> None:
     promtool_check_metrics(two_workers.metrics())
 
