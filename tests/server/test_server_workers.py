@@ -161,3 +161,17 @@ def test_sighup_serves_a_new_model_version_without_a_failed_request(tiny_repo: P
         versions = {httpx.get(process.url + "/v1/models/tiny").json()["version"] for _ in range(8)}
         assert versions == {"3"}
         assert len(codes) > 10 and set(codes) == {200}, (len(codes), set(codes))
+
+
+@pytest.mark.parametrize("flags", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_a_port_in_use_is_refused_with_a_line_that_says_so(tiny_repo: Path, flags: list[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        process = ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", *flags],
+                                env={"GLORO_PORT": port})
+        assert process.process.wait(60) == 3
+    assert "address already in use" in process.output().lower()
