@@ -4,7 +4,9 @@ Each worker is the whole server (its own event loop, models and batchers), start
 `Multiprocess` supervisor, which restarts a worker that dies and, on SIGTERM or SIGINT, passes the
 signal on so each worker drains as a single server does. On SIGHUP it replaces the workers one at
 a time, each new one serving before the old one drains: a new model version in the repository is
-then served with no gap (a replacement that cannot load keeps the old worker). The kernel spreads
+then served with no gap (a replacement that cannot load, or not within uvicorn's 5 s health-check
+timeout, keeps the old worker; the same timeout bounds the supervisor's ping of a live worker,
+which is why it is not raised here). The kernel spreads
 connections over the workers, so a model's queue and batches are per worker.
 
 Metrics: prometheus_client's multiprocess mode. Every worker writes its series to files in a
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import os
+import sys
 import tempfile
 
 import uvicorn
@@ -26,20 +30,28 @@ from uvicorn.supervisors import Multiprocess
 
 from server.app import GloroApp, create_app
 from server.cli import configure_process, load_models, uvicorn_options
+from server.errors import RepositoryError
 from server.metrics import MULTIPROCESS_DIR_VARIABLE
 from server.settings import ServerSettings
 
-
-# How long a worker started by SIGHUP has to load and warm up its models before the supervisor
-# gives up on it (uvicorn's default, 5 s, is short for a large model), and how long a live worker
-# may leave the supervisor's health ping unanswered.
-WORKER_READY_S = 60
+log = logging.getLogger("server.workers")
 
 
 def worker_app(settings: ServerSettings) -> GloroApp:
-    """The app factory each worker process calls; its models load in the lifespan."""
+    """The app factory each worker process calls; its models load in the lifespan.
+
+    A repository that the supervisor's check accepted can change before a worker (a replacement
+    for one that died, or a SIGHUP's) reads it. Such a worker says why in one line and exits
+    with uvicorn's STARTUP_FAILURE: a SIGHUP replacement is then given up and the old workers
+    kept; a dead worker that cannot be replaced stops the server (exit 3), since every restart
+    would fail alike, instead of a restart loop of tracebacks.
+    """
     configure_process(settings)
-    return create_app(settings)
+    try:
+        return create_app(settings)
+    except RepositoryError as exc:
+        log.error("worker %d cannot start: %s", os.getpid(), exc)
+        sys.exit(STARTUP_FAILURE)
 
 
 def check_servable(settings: ServerSettings) -> None:
@@ -58,8 +70,7 @@ def serve_workers(settings: ServerSettings) -> int:
     could not start (uvicorn then stops them all)."""
     check_servable(settings)
     config = uvicorn.Config(
-        functools.partial(worker_app, settings), factory=True, workers=settings.workers,
-        timeout_worker_healthcheck=WORKER_READY_S, **uvicorn_options(settings),
+        functools.partial(worker_app, settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     previous = os.environ.get(MULTIPROCESS_DIR_VARIABLE)

@@ -37,8 +37,13 @@ def children(pid: int) -> list[int]:
 
 def sockets(pid: int) -> int:
     """Open sockets of a process: its listening socket, pipes aside, plus one per accepted connection."""
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:  # closed meanwhile
+            continue
+    return count
 
 
 def workers_of(process: ServerProcess, n: int, timeout: float = 60.0) -> list[int]:
@@ -51,6 +56,26 @@ def workers_of(process: ServerProcess, n: int, timeout: float = 60.0) -> list[in
             return pids
         time.sleep(0.2)
     raise AssertionError(f"expected {n} workers, found {children(process.process.pid)}")
+
+
+def all_serving(process: ServerProcess, n: int, timeout: float = 60.0) -> list[int]:
+    """The `n` workers once each has taken a connection: each has loaded its models (a worker
+    accepts only after its start-up), so none still reads the repository."""
+    pids = workers_of(process, n)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = {pid: sockets(pid) for pid in pids}
+        clients = [httpx.Client(base_url=process.url) for _ in range(16)]
+        try:
+            for c in clients:
+                c.get("/healthz")
+            if all(sockets(pid) > before[pid] for pid in pids):
+                return pids
+        finally:
+            for c in clients:
+                c.close()
+        time.sleep(0.2)
+    raise AssertionError(f"not every worker of {pids} took a connection")
 
 
 def predict_on_new_connections(url: str, png: bytes, n: int) -> list[int]:
@@ -135,7 +160,7 @@ def test_sighup_serves_a_new_model_version_without_a_failed_request(tiny_repo: P
     shutil.copytree(tiny_repo / "tiny" / "1", repository / "tiny" / "1")
     png = png_bytes(mnist_test[0][4])
     with ServerProcess(["--repository", str(repository), "--default-model", "tiny", "--workers", "2"]) as process:
-        old = workers_of(process, 2)
+        old = all_serving(process, 2)
         write_model(repository, "tiny", "3")
         codes: list[int | str] = []
         stop = threading.Event()
@@ -175,3 +200,39 @@ def test_a_port_in_use_is_refused_with_a_line_that_says_so(tiny_repo: Path, flag
                                 env={"GLORO_PORT": port})
         assert process.process.wait(60) == 3
     assert "address already in use" in process.output().lower()
+
+
+def test_sighup_with_a_version_that_cannot_load_keeps_the_old_workers(tiny_repo: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repo / "tiny" / "1", repository / "tiny" / "1")
+    with ServerProcess(["--repository", str(repository), "--default-model", "tiny", "--workers", "2"]) as process:
+        old = all_serving(process, 2)
+        broken = write_model(repository, "tiny", "3") / "model.onnx"
+        broken.write_bytes(broken.read_bytes()[:-1] + b"\0")  # no longer its manifest's sha256
+        process.process.send_signal(signal.SIGHUP)
+        time.sleep(5)  # the replacement fails its start at once; nothing else may change
+        assert sorted(workers_of(process, 2)) == sorted(old)
+        versions = {httpx.get(process.url + "/v1/models/tiny").json()["version"] for _ in range(8)}
+        assert versions == {"1"}
+    assert process.process.returncode == 0
+    assert "aborting the restart" in process.output()
+
+
+def test_a_dead_worker_that_cannot_be_replaced_stops_the_server_with_one_line(tiny_repo: Path, tmp_path: Path) -> None:
+    """The repository changed under the server into one that cannot load: the replacement says so
+    once and the server exits 3 (every restart would fail alike), not a loop of tracebacks."""
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repo / "tiny" / "1", repository / "tiny" / "1")
+    process = ServerProcess(["--repository", str(repository), "--default-model", "tiny", "--workers", "2"]).wait_ready()
+    victim = all_serving(process, 2)[0]
+    broken = write_model(repository, "tiny", "3") / "model.onnx"
+    broken.write_bytes(broken.read_bytes()[:-1] + b"\0")
+    subprocess.run(["kill", "-9", str(victim)], check=True)
+    try:
+        code = process.process.wait(60)
+    except subprocess.TimeoutExpired:
+        code = None
+    process.stop()
+    output = process.output()
+    assert code == 3, output
+    assert output.count("cannot start: ") == 1 and "sha256" in output and "Traceback" not in output, output
