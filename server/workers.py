@@ -38,20 +38,24 @@ log = logging.getLogger("server.workers")
 
 
 def worker_app(settings: ServerSettings) -> GloroApp:
-    """The app factory each worker process calls; its models load in the lifespan.
+    """The app factory each worker process calls: the app, its models loaded (before the worker
+    takes connections, as a single process loads them before uvicorn starts).
 
     A repository that the supervisor's check accepted can change before a worker (a replacement
     for one that died, or a SIGHUP's) reads it. Such a worker says why in one line and exits
     with uvicorn's STARTUP_FAILURE: a SIGHUP replacement is then given up and the old workers
     kept; a dead worker that cannot be replaced stops the server (exit 3), since every restart
-    would fail alike, instead of a restart loop of tracebacks.
+    would fail alike, instead of a restart loop of tracebacks (a repository error) or the
+    lifespan's traceback (a model that cannot load).
     """
     configure_process(settings)
     try:
-        return create_app(settings)
+        app = create_app(settings)
+        load_models(app.state.models)
     except RepositoryError as exc:
         log.error("worker %d cannot start: %s", os.getpid(), exc)
         sys.exit(STARTUP_FAILURE)
+    return app
 
 
 def check_servable(settings: ServerSettings) -> None:
