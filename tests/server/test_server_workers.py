@@ -48,12 +48,19 @@ def sockets(pid: int) -> int:
     return count
 
 
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # the process has gone
+        return b""
+
+
 def workers_of(process: ServerProcess, n: int, timeout: float = 60.0) -> list[int]:
-    """The supervisor's `n` worker processes, once there are `n` and each answers on the port."""
+    """The supervisor's worker processes, once there are `n` of them (a dead one, a zombie until
+    the supervisor reaps it, has no command line)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in children(process.process.pid)
-                if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        pids = [p for p in children(process.process.pid) if b"multiprocessing.spawn" in command_line(p)]
         if len(pids) == n:
             return pids
         time.sleep(0.2)
