@@ -9,18 +9,16 @@ saves a PNG by default. Each figure is the best of `--repeats` timings of `--num
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import timeit
-from pathlib import Path
 from typing import Any
 
-from bench import machine
-from bench.models import ROOT, mnist_digit, png_bytes, random_rgb
+from bench import microbench
+from bench.models import mnist_digit, png_bytes, random_rgb
 from server.decode import _pixels_pillow, _pixels_png, _png_fast_path
 from server.repository import InputSpec
 
+PROG = "python -m bench.decode"
 CASES = {
     "mnist digit, 28 x 28 grey": (InputSpec(shape=(1, 28, 28), color_mode="L"), lambda: mnist_digit(0)),
     "random 32 x 32 RGB": (InputSpec(shape=(3, 32, 32), color_mode="RGB"), lambda: random_rgb((32, 32))),
@@ -43,15 +41,8 @@ def measure(number: int, repeats: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.split("\n\n")[0])
-    p.add_argument("--number", type=int, default=20000, help="decodes per timing")
-    p.add_argument("--repeats", type=int, default=5, help="timings per path; the best is kept")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decode.json")
-    args = p.parse_args(argv)
-    result = {"command": "python -m bench.decode " + " ".join(argv), "machine": machine.describe(ROOT),
-              "rows": measure(args.number, args.repeats)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args = microbench.parser(PROG, __doc__, number=20000, repeats=5, out_name="decode.json").parse_args(argv)
+    result = microbench.write(args.out, PROG, argv, {"rows": measure(args.number, args.repeats)})
     for r in result["rows"]:
         print(f"bench: {r['image']}: Pillow {r['pillow_us']:.1f} us, libspng {r['libspng_us']:.1f} us "
               f"({r['speedup']:.1f}x)", flush=True)

@@ -10,17 +10,16 @@ its own. Each figure is the best of `--repeats` timings of `--number` requests.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-from bench import machine
+from bench import microbench
 from bench.models import ROOT
 from server.metrics import MULTIPROCESS_DIR_VARIABLE
+
+PROG = "python -m bench.metrics_cost"
 
 # The updates of one answered request on the event loop: enqueued, predictions counted, request
 # counted and timed (server.batcher.Batcher.submit, ModelService.predict, RequestMetrics).
@@ -52,16 +51,10 @@ def measure(mode: str, number: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m bench.metrics_cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--number", type=int, default=100_000, help="requests per timing")
-    p.add_argument("--repeats", type=int, default=7, help="timings per mode; the best is kept")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "metrics_cost.json")
-    args = p.parse_args(argv)
+    args = microbench.parser(PROG, __doc__, number=100_000, repeats=7, out_name="metrics_cost.json").parse_args(argv)
     us = {mode: measure(mode, args.number, args.repeats) for mode in ("one process", "multiprocess")}
-    result = {"command": "python -m bench.metrics_cost " + " ".join(argv), "machine": machine.describe(ROOT),
-              "us_per_request": us, "extra_us": us["multiprocess"] - us["one process"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    result = microbench.write(args.out, PROG, argv,
+                              {"us_per_request": us, "extra_us": us["multiprocess"] - us["one process"]})
     print(f"bench: metric updates of one request: {us['one process']:.2f} us in one process, "
           f"{us['multiprocess']:.2f} us in multiprocess mode (+{result['extra_us']:.2f})", flush=True)
     return 0
