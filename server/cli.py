@@ -21,7 +21,7 @@ from server.errors import RepositoryError
 from server.settings import ServerSettings
 
 if TYPE_CHECKING:  # only a type here: importing the data plane waits until serve() needs it
-    from server.service import Models
+    from server.app import GloroApp
 
 PROG = "gloro-serve"
 DELEGATED = ("train", "certify", "export")
@@ -92,14 +92,19 @@ class DrainingServer:
         return self.server.started
 
 
-def load_models(models: Models) -> None:
-    """Load before uvicorn starts, so that a model that cannot load is a one-line refusal, not
-    uvicorn's startup traceback; the lifespan then finds them loaded."""
+def loaded_app(settings: ServerSettings, backends: Any = None) -> GloroApp:
+    """The app with its models loaded before uvicorn starts (in this process or in a worker), so
+    that a model that cannot load is a one-line RepositoryError, not uvicorn's startup traceback;
+    the lifespan then finds them loaded."""
+    from server.app import create_app
+
+    app = create_app(settings, backends=backends)
     try:
-        models.load_all()
+        app.state.models.load_all()
     except BackendError as exc:
-        models.stop_all(0.0)
+        app.state.models.stop_all(0.0)
         raise RepositoryError(str(exc)) from None
+    return app
 
 
 def configure_process(settings: ServerSettings) -> None:
@@ -125,8 +130,6 @@ def serve(settings: ServerSettings, backends: Any = None) -> int:
     (in one process only: worker processes build the configured one)."""
     import uvicorn
 
-    from server.app import create_app
-
     if settings.workers > 1 and backends is not None:
         raise ValueError("a replacement backend factory serves one process; worker processes build their own")
     configure_process(settings)
@@ -134,9 +137,7 @@ def serve(settings: ServerSettings, backends: Any = None) -> int:
         from server.workers import serve_workers
 
         return serve_workers(settings)
-    app = create_app(settings, backends=backends)
-    load_models(app.state.models)
-    config = uvicorn.Config(app, **uvicorn_options(settings))
+    config = uvicorn.Config(loaded_app(settings, backends), **uvicorn_options(settings))
     return 0 if DrainingServer(config).run() else 3
 
 

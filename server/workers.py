@@ -6,8 +6,8 @@ signal on so each worker drains as a single server does. On SIGHUP it replaces t
 a time, each new one serving before the old one drains: a new model version in the repository is
 then served with no gap (a replacement that cannot load, or not within uvicorn's 5 s health-check
 timeout, keeps the old worker; the same timeout bounds the supervisor's ping of a live worker,
-which is why it is not raised here). The kernel spreads
-connections over the workers, so a model's queue and batches are per worker.
+which is why it is not raised here). The kernel spreads connections over the workers, so a
+model's queue and batches are per worker.
 
 Metrics: prometheus_client's multiprocess mode. Every worker writes its series to files in a
 directory made for this run (PROMETHEUS_MULTIPROC_DIR, which must be set before a worker imports
@@ -28,8 +28,8 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from server.app import GloroApp, create_app
-from server.cli import configure_process, load_models, uvicorn_options
+from server.app import GloroApp
+from server.cli import configure_process, loaded_app, uvicorn_options
 from server.errors import RepositoryError
 from server.metrics import MULTIPROCESS_DIR_VARIABLE
 from server.settings import ServerSettings
@@ -50,20 +50,17 @@ def worker_app(settings: ServerSettings) -> GloroApp:
     """
     configure_process(settings)
     try:
-        app = create_app(settings)
-        load_models(app.state.models)
+        return loaded_app(settings)
     except RepositoryError as exc:
         log.error("worker %d cannot start: %s", os.getpid(), exc)
         sys.exit(STARTUP_FAILURE)
-    return app
 
 
 def check_servable(settings: ServerSettings) -> None:
     """Load every model once in the supervisor and let it go again: a repository that cannot be
     served is then the CLI's one-line refusal (RepositoryError), not a worker failing at startup.
     On the CPU: a CUDA context made here would hold GPU memory for the supervisor's lifetime."""
-    models = create_app(settings.model_copy(update={"device": "cpu"})).state.models
-    load_models(models)
+    models = loaded_app(settings.model_copy(update={"device": "cpu"})).state.models
     models.stop_all(0.0)
     del models
     gc.collect()  # the app's reference cycles would keep the sessions' memory until much later

@@ -149,7 +149,7 @@ def test_the_workers_supervisor_checks_the_repository_on_the_cpu(tiny_repo: Path
     import server.workers as workers
 
     built: list[ServerSettings] = []
-    real_create_app = workers.create_app
-    monkeypatch.setattr(workers, "create_app", lambda s: built.append(s) or real_create_app(s))
+    real_loaded_app = workers.loaded_app
+    monkeypatch.setattr(workers, "loaded_app", lambda s: built.append(s) or real_loaded_app(s))
     workers.check_servable(ServerSettings(repository=tiny_repo, default_model="tiny", workers=2, device="cuda"))
     assert [s.device for s in built] == ["cpu"] and built[0].workers == 2
