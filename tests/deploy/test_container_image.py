@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from proc_tree import children, parent_pid
 
 from .support import REPO, SHARED, free_port, mnist_test_pngs, predict, wait_ready
 
@@ -112,17 +113,6 @@ def listener(port: int) -> tuple[int, int, str]:
         if parent_pid(pid) not in holders:
             return pid, uid, address
     raise AssertionError(f"no process holds the socket of port {port}")
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:  # gone
-        return None
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and parent_pid(int(p)) == pid]
 
 
 @pytest.fixture(scope="module")

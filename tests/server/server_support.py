@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from promtool_run import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
@@ -51,12 +51,7 @@ def free_port() -> int:
 
 def promtool_check_metrics(text: str) -> None:
     """`promtool check metrics` must parse the exposition (exit 1 is naming advice, 3 unparsable text)."""
-    import pytest
-
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`)")
-    check = subprocess.run([promtool, "check", "metrics"], input=text, text=True, capture_output=True)
+    check = promtool("check", "metrics", stdin=text)
     assert check.returncode in (0, 1) and "error while linting" not in check.stderr, check.stderr
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from proc_tree import children
 
 from server_support import ServerProcess, metric_samples, png_bytes, promtool_check_metrics
 from tiny_model import write_model
@@ -23,19 +24,6 @@ pytestmark = pytest.mark.e2e
 
 PNG = {"Content-Type": "image/png"}
 PREDICTED = (("model", "tiny"), ("route", "/v1/predict"), ("status", "200"))
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process has gone
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def sockets(pid: int) -> int:
