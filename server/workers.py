@@ -112,6 +112,19 @@ class OwnListener:
         return _bind_in_worker, (self.host, self.port)
 
 
+def reuse_port_spreads_connections() -> bool:
+    """Linux, and a kernel (or sandbox) that takes SO_REUSEPORT: elsewhere the option is missing,
+    refused, or lets every socket bind without spreading connections over them."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return False
+    with socket.socket() as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        except OSError:
+            return False
+    return True
+
+
 def worker_listeners(settings: ServerSettings, config: uvicorn.Config) -> tuple[socket.socket, list]:
     """The socket the supervisor holds, and what it hands each worker it starts.
 
@@ -119,10 +132,10 @@ def worker_listeners(settings: ServerSettings, config: uvicorn.Config) -> tuple[
     one bound to the port (never listened on, so it takes no connection): the port stays taken
     while workers restart, and a port in use is an OSError here, before any worker starts. Two
     servers of the same user asking for SO_REUSEPORT on one port would share it (the kernel
-    allows that); anything else holding the port refuses it. Elsewhere SO_REUSEPORT does not
-    spread connections, so all workers share the one socket, as uvicorn does.
+    allows that); anything else holding the port refuses it. Where SO_REUSEPORT does not spread
+    connections, all workers share the one socket, as uvicorn does.
     """
-    if not sys.platform.startswith("linux"):
+    if not reuse_port_spreads_connections():
         shared = config.bind_socket()
         return shared, [shared]
     held = reuse_port_socket(settings.host, settings.port)

@@ -153,3 +153,30 @@ def test_the_workers_supervisor_checks_the_repository_on_the_cpu(tiny_repo: Path
     monkeypatch.setattr(workers, "loaded_app", lambda s: built.append(s) or real_loaded_app(s))
     workers.check_servable(ServerSettings(repository=tiny_repo, default_model="tiny", workers=2, device="cuda"))
     assert [s.device for s in built] == ["cpu"] and built[0].workers == 2
+
+
+def test_each_worker_gets_a_listener_of_its_own_where_so_reuseport_spreads_connections(
+        tiny_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import uvicorn
+
+    import server.workers as workers
+
+    settings = ServerSettings(repository=tiny_repo, host="127.0.0.1", port=0, workers=2)
+    config = uvicorn.Config("server.app:create_app", host=settings.host, port=settings.port)
+    monkeypatch.setattr(workers, "reuse_port_spreads_connections", lambda: True)
+    held, listeners = workers.worker_listeners(settings, config)
+    with held:
+        port = held.getsockname()[1]
+        assert port != 0 and held.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        [listener] = listeners
+        # what a worker binds: the port the supervisor chose (0 was asked for), beside the held socket
+        assert isinstance(listener, workers.OwnListener) and (listener.host, listener.port) == ("127.0.0.1", port)
+        with workers.reuse_port_socket(listener.host, listener.port) as own:
+            assert own.getsockname()[1] == port
+
+    monkeypatch.setattr(workers, "reuse_port_spreads_connections", lambda: False)
+    shared, listeners = workers.worker_listeners(settings, config)
+    with shared:
+        assert listeners == [shared] and not shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
