@@ -90,29 +90,40 @@ class Running:
     base_url: str
 
 
+def spawned_worker(pid: int) -> bool:
+    try:
+        return b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone
+        return False
+
+
 def listener(port: int) -> tuple[int, int, str]:
-    """(pid, uid, local address) of the server process listening on TCP `port` (IPv4)."""
+    """(pid, uid, local address) of the server process listening on TCP `port` (IPv4): the one
+    process, or with GLORO_WORKERS the supervisor above the workers."""
+    inodes: set[str] = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        address, hex_port = fields[1].split(":")
+        local, hex_port = fields[1].split(":")
         if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
-            inode, uid = fields[9], int(fields[7])
-            break
-    else:
+            inodes.add(fields[9])
+            uid, address = int(fields[7]), local
+    if not inodes:
         raise AssertionError(f"nothing listens on port {port}")
     holders = set()
     for fd in glob.glob("/proc/[0-9]*/fd/*"):
         try:
-            if os.readlink(fd) == f"socket:[{inode}]":
+            if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
                 holders.add(int(fd.split("/")[2]))
         except OSError:
             continue
-    # With GLORO_WORKERS the supervisor and its workers all hold the socket: the server is the
-    # holder whose parent does not.
-    for pid in holders:
-        if parent_pid(pid) not in holders:
-            return pid, uid, address
-    raise AssertionError(f"no process holds the socket of port {port}")
+    # Workers listen on sockets of their own (SO_REUSEPORT), or on the supervisor's shared one
+    # (which the supervisor holds too): either way the server is the first holder or parent of
+    # holders that is not a spawned worker.
+    tops = {parent_pid(pid) if spawned_worker(pid) else pid for pid in holders}
+    servers = {pid for pid in tops if pid is not None and parent_pid(pid) not in tops}
+    if len(servers) != 1:
+        raise AssertionError(f"no one server process holds the sockets of port {port}: {holders}")
+    return servers.pop(), uid, address
 
 
 @pytest.fixture(scope="module")
