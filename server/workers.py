@@ -140,8 +140,9 @@ def worker_listeners(settings: ServerSettings, config: uvicorn.Config) -> tuple[
         return shared, [shared]
     held = reuse_port_socket(settings.host, settings.port)
     port = held.getsockname()[1]  # the port chosen, if 0 was asked for
+    shown = f"[{settings.host}]" if _family(settings.host) == socket.AF_INET6 else settings.host
     log.info("listening on http://%s:%d with %d workers, each on its own socket (SO_REUSEPORT)",
-             settings.host, port, settings.workers)
+             shown, port, settings.workers)
     return held, [OwnListener(settings.host, port)]
 
 
