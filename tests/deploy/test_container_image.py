@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from proc_tree import children, parent_pid
+from proc_tree import children, parent_pid, spawned_worker
 
 from .support import REPO, SHARED, free_port, mnist_test_pngs, predict, wait_ready
 
@@ -88,13 +88,6 @@ class Running:
     process: subprocess.Popen
     port: int
     base_url: str
-
-
-def spawned_worker(pid: int) -> bool:
-    try:
-        return b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # gone
-        return False
 
 
 def listener(port: int) -> tuple[int, int, str]:
@@ -274,7 +267,7 @@ def test_workers_share_the_port_and_one_set_of_metrics(image: Image, container: 
     running = start(image, container, env={"GLORO_WORKERS": "2", "GLORO_THREADS": "1"})
     try:
         supervisor, _, _ = listener(running.port)
-        workers = [p for p in children(supervisor) if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        workers = [p for p in children(supervisor) if spawned_worker(p)]
         assert len(workers) == 2, workers
         pngs = mnist_test_pngs(8)
         for png, label in pngs:

@@ -18,3 +18,11 @@ def parent_pid(pid: int) -> int | None:
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and parent_pid(int(p)) == pid]
+
+
+def spawned_worker(pid: int) -> bool:
+    """A worker process started by multiprocessing's spawn (uvicorn's --workers), still there."""
+    try:
+        return b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone
+        return False

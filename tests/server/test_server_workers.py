@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from proc_tree import children
+from proc_tree import children, spawned_worker
 
 from server_support import ServerProcess, metric_samples, png_bytes, promtool_check_metrics
 from tiny_model import write_model
@@ -37,19 +37,12 @@ def sockets(pid: int) -> int:
     return count
 
 
-def command_line(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # the process has gone
-        return b""
-
-
 def workers_of(process: ServerProcess, n: int, timeout: float = 60.0) -> list[int]:
     """The supervisor's worker processes, once there are `n` of them (a dead one, a zombie until
     the supervisor reaps it, has no command line)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in children(process.process.pid) if b"multiprocessing.spawn" in command_line(p)]
+        pids = [p for p in children(process.process.pid) if spawned_worker(p)]
         if len(pids) == n:
             return pids
         time.sleep(0.2)
