@@ -5,7 +5,7 @@ Starts each server named (LABEL=FLAGS or LABEL@REV=FLAGS, as `bench.compare` tak
 which process holds the server end of each connection; `--bursts` times. A worker that gets few
 connections also gets few requests to batch: keep-alive clients stay where they land.
 
-    python -m bench.connection_split --server 'shared@bee72a0=--workers 2' --server 'own=--workers 2'
+    python -m bench.connection_split --server 'shared@bee72a0=--workers 2' --server 'own=--workers 2 --reuse-port'
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, pee
         Target("a2", f"gloro-serve (batching, max {max_batch_size}) --instances 2",
                [*serve, "--max-batch-size", str(max_batch_size), "--instances", "2"], "/v1/predict"),
         # (a) as two processes: what --workers buys when the event loop or the GIL is the limit.
-        Target("w2", f"gloro-serve (batching, max {max_batch_size}) --workers 2",
-               [*serve, "--max-batch-size", str(max_batch_size), "--workers", "2"], "/v1/predict"),
+        Target("w2", f"gloro-serve (batching, max {max_batch_size}) --workers 2 --reuse-port",
+               [*serve, "--max-batch-size", str(max_batch_size), "--workers", "2", "--reuse-port"], "/v1/predict"),
     ]
     if peers:
         peer = [sys.executable, "-m", "bench.peers"]

@@ -59,6 +59,12 @@ class ServerSettings(BaseSettings):
         description="server processes sharing the port, each with its own event loop and copy of every model "
         "(uvicorn's workers); more than 1 uses more cores for the HTTP path",
     )
+    reuse_port: bool = Field(
+        False,
+        description="with --workers: each worker listens on a socket of its own (SO_REUSEPORT, Linux) and the "
+        "kernel spreads connections evenly; without it the workers share one socket and the first to accept "
+        "takes most, but a SIGHUP replacement never resets a connection waiting to be accepted",
+    )
     backend: BackendName = Field("onnxruntime", description="inference backend")
     device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
     threads: int = Field(

@@ -6,9 +6,9 @@ signal on so each worker drains as a single server does. On SIGHUP it replaces t
 a time, each new one serving before the old one drains: a new model version in the repository is
 then served with no gap (a replacement that cannot load, or not within uvicorn's 5 s health-check
 timeout, keeps the old worker; the same timeout bounds the supervisor's ping of a live worker,
-which is why it is not raised here). Each worker listens on a socket of its own bound to the
-port with SO_REUSEPORT, and the kernel spreads connections over them (`OwnListener`); a model's
-queue and batches are per worker.
+which is why it is not raised here). The workers share one listening socket, or with
+--reuse-port each listens on a socket of its own and the kernel spreads connections over them
+(`OwnListener`); a model's queue and batches are per worker.
 
 Metrics: prometheus_client's multiprocess mode. Every worker writes its series to files in a
 directory made for this run (PROMETHEUS_MULTIPROC_DIR, which must be set before a worker imports
@@ -128,14 +128,17 @@ def reuse_port_spreads_connections() -> bool:
 def worker_listeners(settings: ServerSettings, config: uvicorn.Config) -> tuple[socket.socket, list]:
     """The socket the supervisor holds, and what it hands each worker it starts.
 
-    On Linux every worker listens on a socket of its own (`OwnListener`) and the supervisor holds
+    With --reuse-port, on Linux, every worker listens on a socket of its own (`OwnListener`) and
+    the supervisor holds
     one bound to the port (never listened on, so it takes no connection): the port stays taken
     while workers restart, and a port in use is an OSError here, before any worker starts. Two
     servers of the same user asking for SO_REUSEPORT on one port would share it (the kernel
     allows that); anything else holding the port refuses it. Where SO_REUSEPORT does not spread
-    connections, all workers share the one socket, as uvicorn does.
+    connections, or without --reuse-port, all workers share the one socket, as uvicorn does: a
+    SIGHUP then never resets a connection, where a retiring worker's own socket drops those still
+    waiting in its accept queue when it closes (unless net.ipv4.tcp_migrate_req is set).
     """
-    if not reuse_port_spreads_connections():
+    if not (settings.reuse_port and reuse_port_spreads_connections()):
         shared = config.bind_socket()
         return shared, [shared]
     held = reuse_port_socket(settings.host, settings.port)

@@ -163,7 +163,7 @@ def test_each_worker_gets_a_listener_of_its_own_where_so_reuseport_spreads_conne
 
     import server.workers as workers
 
-    settings = ServerSettings(repository=tiny_repo, host="127.0.0.1", port=0, workers=2)
+    settings = ServerSettings(repository=tiny_repo, host="127.0.0.1", port=0, workers=2, reuse_port=True)
     config = uvicorn.Config("server.app:create_app", host=settings.host, port=settings.port)
     monkeypatch.setattr(workers, "reuse_port_spreads_connections", lambda: True)
     held, listeners = workers.worker_listeners(settings, config)
@@ -176,7 +176,8 @@ def test_each_worker_gets_a_listener_of_its_own_where_so_reuseport_spreads_conne
         with workers.reuse_port_socket(listener.host, listener.port) as own:
             assert own.getsockname()[1] == port
 
-    monkeypatch.setattr(workers, "reuse_port_spreads_connections", lambda: False)
-    shared, listeners = workers.worker_listeners(settings, config)
-    with shared:
-        assert listeners == [shared] and not shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    for where, asked in (("refused", True), ("not asked for", False)):
+        monkeypatch.setattr(workers, "reuse_port_spreads_connections", lambda: where != "refused")
+        shared, listeners = workers.worker_listeners(settings.model_copy(update={"reuse_port": asked}), config)
+        with shared:
+            assert listeners == [shared] and not shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), where

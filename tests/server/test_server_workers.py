@@ -119,12 +119,18 @@ def test_both_workers_answer_and_metrics_count_every_request_whoever_is_scraped(
         assert metric_samples(text, "gloro_queue_depth")[(("model", "tiny"),)] == 0
 
 
-def test_connections_opened_at_once_are_spread_over_both_workers(two_workers) -> None:
-    """Each worker listens on a socket of its own (SO_REUSEPORT), so the kernel spreads connections
-    by their addresses; with one shared socket the worker that wins the accept() race takes most
-    (splits of 64 such as 1/63 and 0/64 were measured), and keep-alive clients stay there."""
-    pids = all_serving(two_workers, 2)
-    port = int(two_workers.url.rsplit(":", 1)[1])
+def test_with_reuse_port_connections_opened_at_once_are_spread_over_both_workers(tiny_repo: Path) -> None:
+    """With --reuse-port each worker listens on a socket of its own (SO_REUSEPORT), so the kernel
+    spreads connections by their addresses; with one shared socket the worker that wins the
+    accept() race takes most (splits of 64 such as 1/63 and 0/64 were measured)."""
+    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--workers", "2",
+                        "--reuse-port"]) as process:
+        pids = all_serving(process, 2)
+        check_connections_spread(pids, int(process.url.rsplit(":", 1)[1]))
+    assert process.process.returncode == 0, process.output()
+
+
+def check_connections_spread(pids: list[int], port: int) -> None:
     for _ in range(5):
         before = {pid: sockets(pid) for pid in pids}
         connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
