@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -170,7 +171,17 @@ class Batcher:
         self._clock = clock
         if config.instances < 1:
             raise ValueError(f"instances must be at least 1, got {config.instances}")
-        self._queue: queue.Queue[InferenceRequest] = queue.Queue(config.queue_size)
+        # SimpleQueue: put and get in C, where Queue's are Python under a Condition (a few
+        # microseconds a request, docs/benchmarks.md). Only the event loop puts, so checking the
+        # size before a put keeps the bound.
+        self._queue: queue.SimpleQueue[InferenceRequest] = queue.SimpleQueue()
+        # (deadline, future) of the event loop's requests not yet known to be answered, oldest
+        # first (not the requests: their images need not outlive their batch). All share one
+        # timeout, so their deadlines come in this order too: one timer, at the oldest deadline,
+        # answers every late request (a timer for each request cost more than its queueing).
+        self._waiting: deque[tuple[float, asyncio.Future]] = deque()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Each worker's part of a request that spanned its last batch: only that worker touches its slot.
         self._carries: list[Slice | None] = [None] * config.instances
         self._stopping = False
@@ -185,30 +196,42 @@ class Batcher:
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
         if self._stopping:
             raise Unavailable("the server is shutting down")
+        if self._queue.qsize() >= self.config.queue_size:
+            raise QueueFull(f"model {self.model} is overloaded: {self.config.queue_size} requests already queued")
         now = self._clock()
         request = InferenceRequest(inputs, loop.create_future(), now, now + self.config.timeout)
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(
-                f"model {self.model} is overloaded: {self.config.queue_size} requests already queued"
-            ) from None
+        self._queue.put(request)
         if self.metrics is not None:
             self.metrics.queue_depth.inc()
+        self._watch(request.deadline, request.future, loop)
         return request
 
     async def infer(self, inputs: np.ndarray) -> BatchOutput:
         """Queue `inputs` and wait for their rows; 503 at once if the queue is full, 504 late."""
-        loop = asyncio.get_running_loop()
-        request = self.submit(inputs, loop)
-        timer = loop.call_later(
-            request.deadline - self._clock(), _expire, request.future,
-            f"model {self.model} did not answer within {self.config.timeout:g} s",
-        )
-        try:
-            return await request.future
-        finally:
-            timer.cancel()
+        return await self.submit(inputs, asyncio.get_running_loop()).future
+
+    def _watch(self, deadline: float, future: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep `future` until answered; the deadline timer runs while any is kept."""
+        if loop is not self._loop:  # a new event loop (tests): the old one's requests have no one waiting
+            self._loop, self._waiting, self._reaper = loop, deque(), None
+        waiting = self._waiting
+        while waiting and waiting[0][1].done():  # answered ones, dropped as new ones come
+            waiting.popleft()
+        waiting.append((deadline, future))
+        if self._reaper is None:
+            self._reaper = loop.call_later(max(0.0, waiting[0][0] - self._clock()), self._reap, loop)
+
+    def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At the oldest deadline: answer 504 to every request past its own, then wait for the next."""
+        if loop is not self._loop:
+            return
+        self._reaper = None
+        now = self._clock()
+        waiting = self._waiting
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            _expire(waiting.popleft()[1], f"model {self.model} did not answer within {self.config.timeout:g} s")
+        if waiting:
+            self._reaper = loop.call_later(max(0.0, waiting[0][0] - now), self._reap, loop)
 
     # -- worker side ---------------------------------------------------------------------
 

@@ -78,6 +78,12 @@ class ServerSettings(BaseSettings):
         "batch worker whose forward pass has ended take the GIL from a busy event loop sooner, a few "
         "percent faster for a compute-bound model with --instances 2, slower for a tiny model",
     )
+    gc_threshold: int = Field(
+        10_000, ge=100, le=10_000_000,
+        description="allocations between collections of Python's youngest garbage-collector generation "
+        "(Python's own: 700); each serving process also freezes what it built at startup out of the "
+        "collector's reach (gc.freeze): less CPU a request (docs/benchmarks.md)",
+    )
     api_key: SecretStr | None = Field(
         None, description="require this key (X-API-Key or Authorization: Bearer) except on health and metrics"
     )

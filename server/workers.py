@@ -31,7 +31,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from server.app import GloroApp
-from server.cli import configure_process, loaded_app, uvicorn_options
+from server.cli import configure_process, loaded_app, settle_heap, uvicorn_options
 from server.errors import RepositoryError
 from server.metrics import MULTIPROCESS_DIR_VARIABLE
 from server.settings import ServerSettings
@@ -52,10 +52,12 @@ def worker_app(settings: ServerSettings) -> GloroApp:
     """
     configure_process(settings)
     try:
-        return loaded_app(settings)
+        app = loaded_app(settings)
     except RepositoryError as exc:
         log.error("worker %d cannot start: %s", os.getpid(), exc)
         sys.exit(STARTUP_FAILURE)
+    settle_heap(settings)
+    return app
 
 
 def check_servable(settings: ServerSettings) -> None:

@@ -137,6 +137,37 @@ def test_serve_sets_the_gil_switch_interval_for_its_process(
     assert seen["interval"] == pytest.approx(interval_s)
 
 
+def test_serve_freezes_its_startup_heap_and_collects_the_young_less_often(
+    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the models are loaded and before uvicorn runs: what was built so far is frozen out of
+    the collector's reach, and the youngest generation waits for --gc-threshold allocations."""
+    import gc
+
+    seen: dict[str, Any] = {}
+
+    class NoUvicorn:
+        def __init__(self, config: Any) -> None:
+            seen["app"] = config.app
+
+        def run(self) -> bool:
+            seen["frozen"], seen["threshold"] = gc.get_freeze_count(), gc.get_threshold()
+            return True
+
+    monkeypatch.setattr("server.cli.DrainingServer", NoUvicorn)
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        assert serve(make_settings(tiny_repo, gc_threshold=12_345)) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        if "app" in seen:
+            seen["app"].state.models.stop_all(0.0)
+    assert seen["frozen"] > 10_000  # the imported modules, the app and its models at least
+    assert seen["threshold"] == (12_345, *before[1:])
+
+
 def test_a_switch_interval_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--switch-interval-ms", "0"]) == 2
     err = capsys.readouterr().err
