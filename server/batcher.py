@@ -172,7 +172,7 @@ class Batcher:
         if config.instances < 1:
             raise ValueError(f"instances must be at least 1, got {config.instances}")
         # SimpleQueue: put and get in C, where Queue's are Python under a Condition (a few
-        # microseconds a request, docs/benchmarks.md). Only the event loop puts, so checking the
+        # microseconds a request, docs/benchmarks.md item 13). Only the event loop puts, so checking the
         # size before a put keeps the bound.
         self._queue: queue.SimpleQueue[InferenceRequest] = queue.SimpleQueue()
         # (deadline, future) of the event loop's requests not yet known to be answered, oldest

@@ -119,7 +119,7 @@ def settle_heap(settings: ServerSettings) -> None:
     """Once the app and its models are built, in each serving process: what lives as long as the
     process (modules, the app, the models) leaves the collector's generations, so full collections
     stop walking it, and the youngest generation is collected every `gc_threshold` allocations,
-    by when most of a request's objects are freed already (docs/benchmarks.md, "Garbage collection")."""
+    by when most of a request's objects are freed already (docs/benchmarks.md, item 13)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(settings.gc_threshold, *gc.get_threshold()[1:])
