@@ -130,9 +130,22 @@ def test_with_reuse_port_connections_opened_at_once_are_spread_over_both_workers
     assert process.process.returncode == 0, process.output()
 
 
+def settled_sockets(pids: list[int]) -> dict[int, int]:
+    """Each worker's open sockets once two reads 0.1 s apart agree (connections closed a moment
+    ago, the last burst's or a readiness probe's, may still be leaving)."""
+    counts = {pid: sockets(pid) for pid in pids}
+    for _ in range(20):
+        time.sleep(0.1)
+        again = {pid: sockets(pid) for pid in pids}
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
 def check_connections_spread(pids: list[int], port: int) -> None:
     for _ in range(5):
-        before = {pid: sockets(pid) for pid in pids}
+        before = settled_sockets(pids)
         connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
         try:
             for c in connections:
@@ -145,7 +158,6 @@ def check_connections_spread(pids: list[int], port: int) -> None:
                 c.close()
         # Binomial(64, 1/2) falls under 16 with probability 2e-5; measured splits were 24/40 at worst.
         assert sum(taken.values()) == 64 and min(taken.values()) >= 16, taken
-        time.sleep(0.2)  # the closed connections leave both workers
 
 
 def test_workers_never_load_torch(two_workers) -> None:
