@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -65,6 +65,19 @@ class Route:
     direct: bool = False  # endpoint(request) -> Response, served by DirectRoute
 
 
+async def read_body(request: Request) -> bytes:
+    """The whole body, read from the ASGI channel as it comes: what `await request.body()` returns,
+    without Starlette's stream generator in between (a direct route reads its body once)."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class DirectRoute(APIRoute):
     """A route whose endpoint takes the Request and returns a Response itself.
 
@@ -95,9 +108,17 @@ class DirectDispatch:
     def __init__(self, app: ASGIApp, routes: Sequence[DirectRoute]) -> None:
         self.app = app
         self.routes = tuple(routes)
+        # A route without path parameters (/v1/predict) is found by its path and method in one
+        # lookup, without each route's regex or FastAPI's route context (docs/benchmarks.md, item 14).
+        self.exact = {(r.path, method): r for r in self.routes if not r.param_convertors for method in r.methods or ()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            route = self.exact.get((scope["path"], scope["method"])) if not scope.get("root_path") else None
+            if route is not None:  # what matching it would add to the scope, and its handler
+                scope["endpoint"], scope["path_params"], scope["route"] = route.endpoint, {}, route
+                await route.app(scope, receive, send)
+                return
             for route in self.routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:

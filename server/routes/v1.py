@@ -14,7 +14,7 @@ from server.decode import decode_base64, decode_images, decode_pixel_lists, pars
 from server.errors import BadRequest, InvalidInput, UnsupportedMediaType, describe_validation_errors
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
-from server.routes import Route, inline_schema, path_parameter
+from server.routes import Route, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
 from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse
 
@@ -125,7 +125,7 @@ async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _decode_multipart(request, spec)
-    body = await request.body()
+    body = await read_body(request)
     if not body:
         raise InvalidInput("empty body; send image files, an image, or JSON instances")
     if content_type == "application/json":
