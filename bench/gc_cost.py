@@ -34,7 +34,6 @@ from server.metrics import MULTIPROCESS_DIR_VARIABLE
 
 PROG = "python -m bench.gc_cost"
 CONCURRENT = 64
-PYTHON_DEFAULT = (700, 10, 10)
 
 
 class CollectionLog:
@@ -104,6 +103,7 @@ def measure(windows: int, window_s: float) -> dict[str, Any]:
     from server.cli import settle_heap
     from server.settings import ServerSettings
 
+    python_default = gc.get_threshold()  # a fresh process: Python's own thresholds
     case = prepare("mnist", ROOT / "bench" / "results" / "tmp")
     settings = ServerSettings(repository=case.repository, default_model=case.name, threads=1)
     app = create_app(settings)
@@ -117,7 +117,7 @@ def measure(windows: int, window_s: float) -> dict[str, Any]:
             settle_heap(settings)  # its own full collection is no window's
         else:
             gc.unfreeze()
-            gc.set_threshold(*PYTHON_DEFAULT)
+            gc.set_threshold(*python_default)
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
@@ -142,7 +142,7 @@ def measure(windows: int, window_s: float) -> dict[str, Any]:
     uvloop.run(run())
     return {
         "model": case.name, "concurrent_requests": CONCURRENT, "windows": windows, "window_s": window_s,
-        "settings": {"python": f"Python's own: gc.set_threshold{PYTHON_DEFAULT}, nothing frozen",
+        "settings": {"python": f"Python's own: gc.set_threshold{python_default}, nothing frozen",
                      "server": f"server.cli.settle_heap: gc.freeze(), gen0 threshold {settings.gc_threshold}"},
         "cpu_us_per_request": {k: statistics.median(v) for k, v in cpu.items()},
         "cpu_us_per_request_windows": cpu,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import gc
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +112,10 @@ def test_a_replacement_backend_factory_cannot_go_to_worker_processes(tiny_repo: 
         serve(settings, backends=lambda spec: None)
 
 
-@pytest.mark.parametrize("flags, interval_s", [({}, 0.005), ({"switch_interval_ms": 0.5}, 0.0005)])
-def test_serve_sets_the_gil_switch_interval_for_its_process(
-    flags: dict[str, float], interval_s: float, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Python's own 5 ms unless --switch-interval-ms says otherwise."""
+def serve_without_uvicorn(settings: ServerSettings, monkeypatch: pytest.MonkeyPatch,
+                          look: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`serve(settings)` up to where uvicorn would run: what `look()` sees then. The models are
+    stopped after, and the collector's state that serve sets for its process is put back."""
     seen: dict[str, Any] = {}
 
     class NoUvicorn:
@@ -122,18 +123,33 @@ def test_serve_sets_the_gil_switch_interval_for_its_process(
             seen["app"] = config.app
 
         def run(self) -> bool:
-            seen["interval"] = sys.getswitchinterval()
+            seen.update(look())
             return True
 
     monkeypatch.setattr("server.cli.DrainingServer", NoUvicorn)
+    threshold = gc.get_threshold()
+    try:
+        assert serve(settings) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        if "app" in seen:
+            seen["app"].state.models.stop_all(0.0)
+    return seen
+
+
+@pytest.mark.parametrize("flags, interval_s", [({}, 0.005), ({"switch_interval_ms": 0.5}, 0.0005)])
+def test_serve_sets_the_gil_switch_interval_for_its_process(
+    flags: dict[str, float], interval_s: float, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's own 5 ms unless --switch-interval-ms says otherwise."""
     before = sys.getswitchinterval()
     sys.setswitchinterval(UNLIKE_EITHER_S)
     try:
-        assert serve(make_settings(tiny_repo, **flags)) == 0
+        seen = serve_without_uvicorn(make_settings(tiny_repo, **flags), monkeypatch,
+                                     lambda: {"interval": sys.getswitchinterval()})
     finally:
         sys.setswitchinterval(before)
-        if "app" in seen:
-            seen["app"].state.models.stop_all(0.0)
     assert seen["interval"] == pytest.approx(interval_s)
 
 
@@ -142,28 +158,10 @@ def test_serve_freezes_its_startup_heap_and_collects_the_young_less_often(
 ) -> None:
     """Once the models are loaded and before uvicorn runs: what was built so far is frozen out of
     the collector's reach, and the youngest generation waits for --gc-threshold allocations."""
-    import gc
-
-    seen: dict[str, Any] = {}
-
-    class NoUvicorn:
-        def __init__(self, config: Any) -> None:
-            seen["app"] = config.app
-
-        def run(self) -> bool:
-            seen["frozen"], seen["threshold"] = gc.get_freeze_count(), gc.get_threshold()
-            return True
-
-    monkeypatch.setattr("server.cli.DrainingServer", NoUvicorn)
     before = gc.get_threshold()
     gc.unfreeze()
-    try:
-        assert serve(make_settings(tiny_repo, gc_threshold=12_345)) == 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-        if "app" in seen:
-            seen["app"].state.models.stop_all(0.0)
+    seen = serve_without_uvicorn(make_settings(tiny_repo, gc_threshold=12_345), monkeypatch,
+                                 lambda: {"frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()})
     assert seen["frozen"] > 10_000  # the imported modules, the app and its models at least
     assert seen["threshold"] == (12_345, *before[1:])
 
