@@ -2,6 +2,11 @@
 predict request (`server.metrics`), in one process and in prometheus_client's multiprocess mode,
 which `--workers` uses (each update also written to a memory-mapped file).
 
+Beside them, the batch thread's updates for a batch of single-image requests, a request's share:
+the queue waits and radii observed one by one with prometheus_client's `observe()` and the queue
+depth lowered once a request, against the server's way, `server.metrics.observe_many` and one
+lowering a batch (docs/benchmarks.md, item 15).
+
 prometheus_client picks its mode when it is imported, so each mode is timed in a child process of
 its own. Each figure is the best of `--repeats` timings of `--number` requests.
 
@@ -10,10 +15,12 @@ its own. Each figure is the best of `--repeats` timings of `--number` requests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from bench import microbench
 from bench.models import ROOT
@@ -24,9 +31,10 @@ PROG = "python -m bench.metrics_cost"
 # The updates of one answered request on the event loop: enqueued, predictions counted, request
 # counted and timed (server.batcher.Batcher.submit, ModelService.predict, RequestMetrics).
 CHILD = """
-import sys, timeit
+import json, sys, timeit
 from prometheus_client import CollectorRegistry
-from server.metrics import Metrics, multiprocess_mode
+from server.metrics import Metrics, multiprocess_mode, observe_many
+BATCH_SIZES = (1, 16, 32)
 metrics = Metrics(CollectorRegistry())
 model = metrics.for_model("m")
 def one_request():
@@ -35,28 +43,58 @@ def one_request():
     metrics.record_request("m", "/v1/predict", 200, 0.004)
 number, repeats = int(sys.argv[1]), int(sys.argv[2])
 assert multiprocess_mode() == (sys.argv[3] == "multiprocess")
-print(min(timeit.repeat(one_request, number=number, repeat=repeats)) / number * 1e6)
+
+def one_by_one(waits, radii):
+    for w in waits:
+        model.queue_depth.dec()
+        model.queue_wait.observe(w)
+    for r in radii:
+        model.radius.observe(r)
+
+def at_once(waits, radii):
+    model.queue_depth.dec(len(waits))
+    observe_many(model.queue_wait, waits)
+    observe_many(model.radius, radii)
+
+def best_us(call, requests):
+    return min(timeit.repeat(call, number=max(1, number // requests), repeat=repeats)) / max(1, number // requests) / requests * 1e6
+
+batches = {}
+for size in BATCH_SIZES:
+    waits = [0.001 * (i % 7) for i in range(size)]
+    radii = [0.25 * (i % 9) for i in range(size)]
+    batches[size] = {"one_by_one": best_us(lambda: one_by_one(waits, radii), size),
+                     "at_once": best_us(lambda: at_once(waits, radii), size)}
+print(json.dumps({"loop": min(timeit.repeat(one_request, number=number, repeat=repeats)) / number * 1e6,
+                  "batch": batches}))
 """
 
 
-def measure(mode: str, number: int, repeats: int) -> float:
+def measure(mode: str, number: int, repeats: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != MULTIPROCESS_DIR_VARIABLE}
     with tempfile.TemporaryDirectory(prefix="gloro-metrics-cost-") as folder:
         if mode == "multiprocess":
             env[MULTIPROCESS_DIR_VARIABLE] = folder
         done = subprocess.run([sys.executable, "-c", CHILD, str(number), str(repeats), mode], cwd=ROOT, env=env,
                               capture_output=True, text=True, check=True)
-    return float(done.stdout)
+    return json.loads(done.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = microbench.parser(PROG, __doc__, number=100_000, repeats=7, out_name="metrics_cost.json").parse_args(argv)
-    us = {mode: measure(mode, args.number, args.repeats) for mode in ("one process", "multiprocess")}
-    result = microbench.write(args.out, PROG, argv,
-                              {"us_per_request": us, "extra_us": us["multiprocess"] - us["one process"]})
+    measured = {mode: measure(mode, args.number, args.repeats) for mode in ("one process", "multiprocess")}
+    us = {mode: m["loop"] for mode, m in measured.items()}
+    batch = {mode: m["batch"] for mode, m in measured.items()}
+    result = microbench.write(args.out, PROG, argv, {
+        "us_per_request": us, "extra_us": us["multiprocess"] - us["one process"],
+        "batch_thread_us_per_request": batch,
+    })
+    shares = ", ".join(f"batch of {size}: {b['one_by_one']:.2f} one by one, {b['at_once']:.2f} at once"
+                       for size, b in batch["multiprocess"].items())
     print(f"bench: metric updates of one request: {us['one process']:.2f} us in one process, "
-          f"{us['multiprocess']:.2f} us in multiprocess mode (+{result['extra_us']:.2f})", flush=True)
+          f"{us['multiprocess']:.2f} us in multiprocess mode (+{result['extra_us']:.2f}); the batch thread's, "
+          f"multiprocess, a request's share: {shares}", flush=True)
     return 0
 
 

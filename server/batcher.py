@@ -24,7 +24,7 @@ import numpy as np
 
 from server.backends import Backend, BatchOutput
 from server.errors import InferenceFailed, QueueFull, RequestTimeout, Unavailable
-from server.metrics import ModelMetrics
+from server.metrics import ModelMetrics, observe_many
 
 log = logging.getLogger("server.batcher")
 
@@ -253,23 +253,34 @@ class Batcher:
         left = [(c.request.future, Unavailable(message)) for c in self._carries if c is not None]
         while (request := self._take(0)) is not None:
             left.append((request.future, Unavailable(message)))
+            self._left_queue(1)
         if left:
             _hand_back(left)
 
     def _take(self, timeout: float) -> InferenceRequest | None:
         try:
-            request = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return None
-        if self.metrics is not None:
-            self.metrics.queue_depth.dec()
-        return request
+
+    def _left_queue(self, requests: int) -> None:
+        """The queue-depth gauge, lowered once for the requests a batch took (one write, not one each)."""
+        if requests and self.metrics is not None:
+            self.metrics.queue_depth.dec(requests)
 
     def _work(self, worker: int) -> None:
         last_batch_requests = 0
+        taken = 0
+
+        def take(timeout: float) -> InferenceRequest | None:
+            nonlocal taken
+            request = self._take(timeout)
+            taken += request is not None
+            return request
+
         while not (self._stopping and self._carries[worker] is None and self._queue.empty()):
             batch, self._carries[worker] = collect_batch(
-                self._take,
+                take,
                 max_batch_size=self.config.max_batch_size,
                 max_queue_delay=self.config.max_queue_delay,
                 clock=self._clock,
@@ -280,6 +291,8 @@ class Batcher:
                 # less load waits the delay once, and the next batch expects fewer.
                 enough=last_batch_requests,
             )
+            self._left_queue(taken)
+            taken = 0
             if batch:
                 last_batch_requests = len(batch)
                 try:
@@ -337,9 +350,6 @@ class Batcher:
             return
         metrics.inference.observe(self._clock() - started)
         metrics.batch_size.observe(size)
-        for s in batch:
-            if s.start == 0:
-                metrics.queue_wait.observe(started - s.request.enqueued_at)
+        observe_many(metrics.queue_wait, [started - s.request.enqueued_at for s in batch if s.start == 0])
         if output is not None:
-            for r in output.radius.tolist():
-                metrics.radius.observe(r)
+            observe_many(metrics.radius, output.radius.tolist())

@@ -18,4 +18,8 @@ def test_both_modes_are_timed_each_in_its_own_process(tmp_path, capsys) -> None:
     us = result["us_per_request"]
     assert set(us) == {"one process", "multiprocess"} and all(v > 0 for v in us.values())
     assert result["extra_us"] == pytest.approx(us["multiprocess"] - us["one process"])
+    for mode in us:  # the batch thread's updates, both ways, at each batch size
+        batch = result["batch_thread_us_per_request"][mode]
+        assert set(batch) == {"1", "16", "32"}
+        assert all(b["one_by_one"] > 0 and b["at_once"] > 0 for b in batch.values())
     assert capsys.readouterr().out.count("bench: ") == 1

@@ -248,8 +248,7 @@ def test_sigterm_answers_queued_requests_and_exits_0(image: Image, container: st
     with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
         futures = [pool.submit(predict, running.base_url, [png]) for png in images]
         # The batch waits up to 5 s to fill (256 images); 1.5 s is ample for eight local
-        # requests to reach it. gloro_queue_depth cannot tell: a batch being collected has
-        # already left the queue.
+        # requests to reach it.
         time.sleep(1.5)
         assert not any(f.done() for f in futures), "answered before the signal: the test proves nothing"
         code, output = stop(running)

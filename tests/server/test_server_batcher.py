@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from server.backends import BatchOutput
 from server.backends.fake import FakeBackend
 from server.batcher import BatchConfig, Batcher, InferenceRequest, Slice, collect_batch
 from server.errors import InferenceFailed, QueueFull, RequestTimeout, Unavailable
+from server.metrics import Metrics
 from server.repository import load_repository
 
 
@@ -180,6 +182,36 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_sp
     assert max(backend.batch_sizes) > 1 and max(backend.batch_sizes) <= 8
     assert sum(backend.batch_sizes) == sum(len(x) for x in inputs)
     assert batcher.depth() == 0
+
+
+@pytest.mark.integration
+def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(fake_spec) -> None:
+    """Queue waits and radii are observed a batch at a time, the queue depth lowered once a
+    batch: the totals are still one a request and one an image, and the depth returns to 0."""
+    metrics = Metrics(CollectorRegistry())
+    batcher = Batcher("tiny", FakeBackend(fake_spec, delay_s=0.2), BatchConfig(max_batch_size=8, max_queue_delay=0.001),
+                      metrics.for_model("tiny"))
+    batcher.start()
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"model": "tiny"})
+
+    async def main() -> float | None:
+        first = asyncio.ensure_future(batcher.infer(np.zeros((1, 1, 28, 28), np.float32)))
+        await asyncio.sleep(0.05)  # its batch is running
+        waiting = [asyncio.ensure_future(batcher.infer(np.zeros((2, 1, 28, 28), np.float32))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        depth_while_running = sample("gloro_queue_depth")
+        await asyncio.gather(first, *waiting)
+        return depth_while_running
+
+    depth_while_running = run(main())
+    batcher.stop(1.0)
+    assert depth_while_running == 3
+    assert sample("gloro_queue_depth") == 0
+    assert sample("gloro_batch_size_count") == 2 and sample("gloro_batch_size_sum") == 7
+    assert sample("gloro_queue_wait_seconds_count") == 4
+    assert sample("gloro_certified_radius_count") == 7
 
 
 @pytest.mark.integration
