@@ -190,7 +190,8 @@ class Batcher:
     # -- event-loop side -------------------------------------------------------------------
 
     def depth(self) -> int:
-        """Requests queued, not yet taken into a batch (the gauge gloro_queue_depth)."""
+        """Requests queued, not yet taken into a batch (gloro_queue_depth also counts those of a
+        batch still being collected: it is lowered once the batch is complete)."""
         return self._queue.qsize()
 
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
