@@ -7,9 +7,11 @@ requests at a time and no HTTP (`bench.gc_cost`'s driver, the serving benchmarks
 window reads from /proc (Linux) the CPU time of the event-loop thread and of the batch thread,
 and from the app's own metrics the wall time its batches spent in the backend
 (`gloro_inference_duration_seconds`). Windows alternate with the in-process ceiling (JSON, base64
-and image decoding plus the backend, batches of 32, one thread: `bench.serving.ceiling`), whose
-CPU a request is the process's. Medians of `--windows` windows of each. What the app costs above
-the ceiling here is its own Python, before any HTTP (uvicorn's share: `bench.http_floor`).
+and image decoding plus the backend, batches of 32: `bench.serving.ceiling`) in one thread, the
+other core idle, and in two, both cores busy as they are while the app runs (the app's event loop
+and batch thread share them); its CPU a request is the process's. Medians of `--windows` windows
+of each. What the app costs above the ceiling here is its own Python, and what running beside
+it costs onnxruntime, before any HTTP (uvicorn's share: `bench.http_floor`).
 
     python -m bench.cpu_split [--models mnist,cifar] [--windows 5] [--window-s 2] [--out bench/results/cpu_split.json]
 """
@@ -57,7 +59,8 @@ def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:
     settings = ServerSettings(repository=case.repository, default_model=case.name, threads=1)
     app = create_app(settings)
     ceiling_model = in_process_backend(case, "onnxruntime", "cpu", 1)
-    rows: dict[str, list[float]] = {"event_loop": [], "batch_thread": [], "backend_wall": [], "ceiling": []}
+    rows: dict[str, list[float]] = {"event_loop": [], "batch_thread": [], "backend_wall": [], "ceiling": [],
+                                    "ceiling_2_threads": []}
 
     async def app_window(loop_id: int, batch_id: int, inference: Any) -> None:
         loop0, batch0, wall0 = thread_cpu_s(loop_id), thread_cpu_s(batch_id), inference._sum.get()
@@ -71,10 +74,10 @@ def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:
         rows["batch_thread"].append((thread_cpu_s(batch_id) - batch0) / done * 1e6)
         rows["backend_wall"].append((inference._sum.get() - wall0) / done * 1e6)
 
-    def ceiling_window() -> None:
+    def ceiling_window(threads: int, row: str) -> None:
         cpu = time.process_time()
-        measured = ceiling(case, ceiling_model, CEILING_BATCH, window_s, 1)
-        rows["ceiling"].append((time.process_time() - cpu) / measured["requests"] * 1e6)
+        measured = ceiling(case, ceiling_model, CEILING_BATCH, window_s, threads)
+        rows[row].append((time.process_time() - cpu) / measured["requests"] * 1e6)
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
@@ -86,7 +89,9 @@ def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:
             assert batch_thread.native_id is not None
             for _ in range(windows):
                 await app_window(threading.get_native_id(), batch_thread.native_id, service.metrics.inference)
-                ceiling_window()  # the batch thread idles meanwhile: it waits on an empty queue
+                # the app's batch thread idles meanwhile: it waits on an empty queue
+                ceiling_window(1, "ceiling")
+                ceiling_window(2, "ceiling_2_threads")
 
     import uvloop
 
@@ -95,7 +100,8 @@ def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:
     app_total = split["event_loop"] + split["batch_thread"]
     return {
         "model": case.name, "concurrent_requests": CONCURRENT, "ceiling_batch": CEILING_BATCH,
-        "us_per_request": {**split, "app_total": app_total, "app_above_ceiling": app_total - split["ceiling"]},
+        "us_per_request": {**split, "app_total": app_total, "app_above_ceiling": app_total - split["ceiling"],
+                           "app_above_ceiling_2_threads": app_total - split["ceiling_2_threads"]},
         "windows": rows,
     }
 
@@ -127,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         us = r["us_per_request"]
         print(f"bench: {r['model']}, CPU a request in process (medians of {args.windows} windows): event loop "
               f"{us['event_loop']:.1f} us, batch thread {us['batch_thread']:.1f} us (backend wall "
-              f"{us['backend_wall']:.1f}), ceiling {us['ceiling']:.1f} us, app above it {us['app_above_ceiling']:.1f} us",
+              f"{us['backend_wall']:.1f}); ceiling {us['ceiling']:.1f} us in one thread, "
+              f"{us['ceiling_2_threads']:.1f} in two; app above them {us['app_above_ceiling']:.1f} and "
+              f"{us['app_above_ceiling_2_threads']:.1f} us",
               flush=True)
     return 0
 

@@ -21,7 +21,8 @@ def test_each_thread_and_the_ceiling_are_measured_and_the_split_adds_up(tmp_path
     [model] = result["models"]
     us = model["us_per_request"]
     assert model["model"] == "mnist-2c2f" and all(len(v) == 1 for v in model["windows"].values())
-    assert min(us["event_loop"], us["batch_thread"], us["backend_wall"], us["ceiling"]) > 0
+    assert min(us["event_loop"], us["batch_thread"], us["backend_wall"], us["ceiling"], us["ceiling_2_threads"]) > 0
     assert us["app_total"] == pytest.approx(us["event_loop"] + us["batch_thread"])
     assert us["app_above_ceiling"] == pytest.approx(us["app_total"] - us["ceiling"])
+    assert us["app_above_ceiling_2_threads"] == pytest.approx(us["app_total"] - us["ceiling_2_threads"])
     assert capsys.readouterr().out.count("bench: ") == 1
