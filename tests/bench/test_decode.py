@@ -19,4 +19,6 @@ def test_both_paths_are_timed_on_both_images(tmp_path, capsys):
     for row in result["rows"]:
         assert row["pillow_us"] > 0 and row["libspng_us"] > 0 and row["png_bytes"] > 0
         assert row["speedup"] == pytest.approx(row["pillow_us"] / row["libspng_us"])
-    assert capsys.readouterr().out.count("bench: ") == 2
+        assert row["b64_chars"] > row["png_bytes"] and row["b64_stdlib_us"] > 0 and row["b64_pybase64_us"] > 0
+        assert row["b64_speedup"] == pytest.approx(row["b64_stdlib_us"] / row["b64_pybase64_us"])
+    assert capsys.readouterr().out.count("bench: ") == len(decode.CASES)

@@ -92,6 +92,7 @@ def corpus(digit: np.ndarray) -> list[tuple[str, str, dict, int, str]]:
         ("JSON infinite pixel", predict, as_json(json.dumps({"instances": [np.where(x[0] > 0.5, np.inf, 0.0).tolist()]})), 422, "finite and in [0, 1]"),
         ("JSON pixel out of range", predict, as_json(json.dumps({"instances": [(x[0] * 255).tolist()]})), 422, "got min 0.0, max 255.0"),
         ("JSON bad base64", predict, as_json('{"instances": [{"b64": "***"}]}'), 422, "not valid base64"),
+        ("JSON non-ASCII base64", predict, as_json('{"instances": [{"b64": "YWJj\u00e9"}]}'), 422, "not valid base64"),
         ("JSON mixed instances", predict, as_json(json.dumps({"instances": [{"b64": ""}, x[0].tolist()]})), 422, "not a mix"),
         ("JSON unknown key", predict, as_json('{"instances": [{"b64": ""}], "eps": 1}'), 422, "eps: Extra inputs are not permitted"),
         ("NaN eps", predict + "?epsilon=nan", raw(good["PNG"]), 422, "epsilon must be a finite number >= 0"),
