@@ -55,9 +55,11 @@ async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def serve_floor(port: int) -> None:
     import uvicorn
 
+    from server.cli import uvicorn_options
+    from server.settings import ServerSettings
+
     # the settings server/cli.py gives uvicorn, so the floor differs from gloro-serve only in the app
-    uvicorn.run(floor_app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                server_header=False)
+    uvicorn.run(floor_app, **uvicorn_options(ServerSettings(host="127.0.0.1", port=port, log_level="warning")))
 
 
 def measure(connections: int, duration_s: float, rounds: int, work: Path, client: str) -> dict[str, Any]:

@@ -76,10 +76,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(extra_args: list[str], ready_timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(extra_args: list[str], ready_timeout: float = 120.0, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`python -m server serve` of the checkout at `root`, on a free port, once it is ready."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLORO_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "-m", "server", "serve", *extra_args], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": str(root), "GLORO_PORT": str(port)}
+    process = subprocess.Popen([sys.executable, "-m", "server", "serve", *extra_args], cwd=root, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout

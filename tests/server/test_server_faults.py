@@ -115,6 +115,43 @@ def test_clients_that_leave_leak_nothing(tiny_repo: Path, mnist_test) -> None:
         assert "500" not in statuses
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(tiny_repo: Path, mnist_test) -> None:
+    """As the server starts draining it stops accepting and closes the connections with no
+    request in progress; one accepted a moment before, whose request is still on its way, is
+    given time to deliver it and is answered, then closed."""
+    png = png_bytes(mnist_test[0][0])
+    process = ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--drain-s", "5"]).wait_ready()
+    address = ("127.0.0.1", process.port)
+    early = socket.create_connection(address, timeout=10)  # connected; its request not sent yet
+    try:
+        time.sleep(0.2)  # accepted by the server
+        process.terminate()
+        deadline = time.monotonic() + 10
+        while True:  # until the server stops accepting: it has begun draining
+            assert time.monotonic() < deadline, process.output()
+            try:
+                socket.create_connection(address, timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.005)
+        early.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(png) + png)
+        answer = read_until_closed(early)
+    finally:
+        early.close()
+    assert process.process.wait(15) == 0
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head, answer[:300]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"][0]["label"] == int(mnist_test[1][0])
+
+
 def test_sigterm_answers_accepted_requests_and_exits_0(tiny_repo: Path, mnist_test) -> None:
     png = png_bytes(mnist_test[0][0])
     process = fault_server(tiny_repo, "--delay-ms", "200", "--max-batch-size", "4", "--drain-s", "10").wait_ready()
