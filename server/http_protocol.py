@@ -18,10 +18,10 @@ class DrainingHttpProtocol(HttpToolsProtocol):
 
     uvicorn closes every connection with no request in progress as it stops accepting. A client
     that connected a moment earlier has its request on the way, often already in the socket's
-    buffer, and saw its connection closed with no answer: 3 of 1,854 requests from 8 clients
-    opening a connection a request through 9 SIGHUP replacements of `--workers 2`
-    (docs/server.md, "Workers"). A connection idle between requests is still closed at once, as
-    HTTP/1.1 allows: its client knows to retry on a fresh one.
+    buffer, and saw its connection closed with no answer: 3 of 3,552 requests from 8 clients
+    opening a connection a request through 18 SIGHUPs of `--workers 2`, none after the change
+    (`python -m bench.reload`; docs/benchmarks.md, "Reloads"). A connection idle between requests
+    is still closed at once, as HTTP/1.1 allows: its client knows to retry on a fresh one.
     """
 
     _awaiting_first_request = True

@@ -29,9 +29,9 @@ RADIUS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.58, 2.0, 3.0, 5.0)
 
 def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
     """`histogram.observe(v)` for every v in `values`, as one update a bucket hit plus one of the
-    sum: under --workers each update is a write to a memory-mapped file, and a batch's radii and
-    queue waits observed one by one cost more than the rest of its bookkeeping (docs/benchmarks.md,
-    item 15).
+    sum: under --workers each update is a locked write to a memory-mapped file, and a batch's
+    radii and queue waits observed one by one cost about 5 us a single-image request, 0.7-1.2 us
+    this way at batches of 16-32 (`python -m bench.metrics_cost`; docs/benchmarks.md, item 15).
 
     prometheus_client has no public bulk observe, so this updates the child's bucket and sum
     values itself, counting v in the first bucket whose bound is >= v (NaN in none), as observe()
