@@ -1,45 +1,44 @@
 """The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with one change
-to how a draining server treats a connection it has just accepted."""
+to how a draining server treats a connection that has no request in progress."""
 
 from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-# How long a connection accepted before the drain began may take to deliver its first request.
-# Its client sent the request as soon as it had connected: it is in the socket's buffer or one
-# round trip away.
-FIRST_REQUEST_GRACE_S = 0.2
+# How long a connection with no request in progress when the drain begins may take to send its
+# next one. A client that has just connected, or has just had an answer on a kept-alive
+# connection, sends its request at once: it is in the socket's buffer or one round trip away.
+NEXT_REQUEST_GRACE_S = 0.2
 
 
 class DrainingHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, except that when the server starts draining (SIGTERM, or a
-    worker retiring on SIGHUP) a connection whose first request has not been read yet is given
-    FIRST_REQUEST_GRACE_S to deliver it, and that request is answered (with Connection: close).
+    worker retiring on SIGHUP) a connection with no request in progress is given
+    NEXT_REQUEST_GRACE_S to send one, which is answered with Connection: close; then it is closed.
 
-    uvicorn closes every connection with no request in progress as it stops accepting. A client
-    that connected a moment earlier has its request on the way, often already in the socket's
-    buffer, and saw its connection closed with no answer: 3 of 3,552 requests from 8 clients
-    opening a connection a request through 18 SIGHUPs of `--workers 2`, none after the change
-    (`python -m bench.reload`; docs/benchmarks.md, "Reloads"). A connection idle between requests
-    is still closed at once, as HTTP/1.1 allows: its client knows to retry on a fresh one.
+    uvicorn closes such connections as it stops accepting. A client that has just connected, or
+    that reuses a kept-alive connection for request after request, has its next request on the
+    way, and saw the connection closed with no answer: through SIGHUP replacements of `--workers
+    2`, 3 of 3,552 requests of 8 clients opening a connection a request, and 17 of 30,467 of 8
+    clients each keeping one connection (`python -m bench.reload`; docs/benchmarks.md,
+    "Reloads"). A connection that sends nothing within the grace is closed then, as HTTP/1.1
+    allows an idle one to be.
     """
 
-    _awaiting_first_request = True
     _draining = False
 
     def on_headers_complete(self) -> None:
-        self._awaiting_first_request = False
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answer it, then close
 
     def shutdown(self) -> None:
-        if self.cycle is None and self._awaiting_first_request:
+        if self.cycle is None or self.cycle.response_complete:  # no request in progress
             if not self._draining:
                 self._draining = True
-                self.loop.call_later(FIRST_REQUEST_GRACE_S, self._close_unless_answering)
+                self.loop.call_later(NEXT_REQUEST_GRACE_S, self._close_unless_answering)
             return
-        super().shutdown()
+        super().shutdown()  # a request in progress: answered, then the connection closes
 
     def _close_unless_answering(self) -> None:
         if self.cycle is None or self.cycle.response_complete:

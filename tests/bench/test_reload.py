@@ -15,13 +15,15 @@ def test_server_flags_are_what_follows_the_double_dash() -> None:
 
 
 @pytest.mark.e2e
-def test_a_short_run_counts_every_request_by_outcome(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["a connection a request", "kept alive"])
+def test_a_short_run_counts_every_request_by_outcome(tmp_path, capsys, keep_alive: bool) -> None:
     out = tmp_path / "reload.json"
-    assert reload.main(["--clients", "2", "--reloads", "1", "--interval-s", "2", "--out", str(out)]) == 0
+    own = ["--clients", "2", "--reloads", "1", "--interval-s", "2", "--out", str(out)]
+    assert reload.main(own + (["--keep-alive"] if keep_alive else [])) == 0
     result = json.loads(out.read_text())
     assert result["command"].startswith("python -m bench.reload") and result["served_commit"]
     [run] = result["runs"]
-    assert run["flags"] == ["--workers", "2"] and run["answered_200"] > 0
+    assert run["flags"] == ["--workers", "2"] and run["keep_alive"] == keep_alive and run["answered_200"] > 0
     assert run["requests"] == sum(run["outcomes"].values())
     assert run["requests"] == run["answered_200"] + run["answered_other"] + run["failed"]
     assert result["requests"] == run["requests"] and result["outcomes"] == run["outcomes"]

@@ -122,15 +122,35 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(tiny_repo: Path, mnist_test) -> None:
-    """As the server starts draining it stops accepting and closes the connections with no
-    request in progress; one accepted a moment before, whose request is still on its way, is
-    given time to deliver it and is answered, then closed."""
+def read_one_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length, however the server's writes were split."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("earlier_requests", [0, 1], ids=["just connected", "kept alive"])
+def test_a_connection_open_at_sigterm_gets_its_next_request_answered(tiny_repo: Path, mnist_test,
+                                                                      earlier_requests: int) -> None:
+    """As the server starts draining it stops accepting; a connection with no request in progress,
+    whether just accepted or kept alive after an answer, is given time to send its next request,
+    which is answered with Connection: close."""
     png = png_bytes(mnist_test[0][0])
+    request = (b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(png) + png)
     process = ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--drain-s", "5"]).wait_ready()
     address = ("127.0.0.1", process.port)
-    early = socket.create_connection(address, timeout=10)  # connected; its request not sent yet
+    conn = socket.create_connection(address, timeout=10)
     try:
+        for _ in range(earlier_requests):
+            conn.sendall(request)
+            assert read_one_response(conn).startswith(b"HTTP/1.1 200")  # answered, kept alive
         time.sleep(0.2)  # accepted by the server
         process.terminate()
         deadline = time.monotonic() + 10
@@ -141,15 +161,14 @@ def test_a_connection_accepted_before_sigterm_gets_its_first_request_answered(ti
             except ConnectionRefusedError:
                 break
             time.sleep(0.005)
-        early.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
-                      b"Content-Length: %d\r\n\r\n" % len(png) + png)
-        answer = read_until_closed(early)
+        conn.sendall(request)
+        answer = read_until_closed(conn)
     finally:
-        early.close()
+        conn.close()
     assert process.process.wait(15) == 0
-    head = answer.split(b"\r\n\r\n", 1)[0].lower()
-    assert head.startswith(b"http/1.1 200") and b"connection: close" in head, answer[:300]
-    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"][0]["label"] == int(mnist_test[1][0])
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.lower().startswith(b"http/1.1 200") and b"connection: close" in head.lower(), answer[:300]
+    assert json.loads(body)["predictions"][0]["label"] == int(mnist_test[1][0])
 
 
 def test_sigterm_answers_accepted_requests_and_exits_0(tiny_repo: Path, mnist_test) -> None:
