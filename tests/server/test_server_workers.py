@@ -200,10 +200,12 @@ def test_a_repository_that_cannot_be_served_is_one_line_before_any_worker_starts
     assert len(lines) == 1 and lines[0].startswith("gloro-serve: error: cannot serve:"), lines
 
 
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["a connection a request", "one kept-alive connection"])
 def test_sighup_serves_a_new_model_version_without_a_failed_request(tiny_repo: Path, tmp_path: Path,
-                                                                      mnist_test) -> None:
+                                                                      mnist_test, keep_alive: bool) -> None:
     """SIGHUP replaces the workers one at a time: the repository's new version is served, and a
-    client posting throughout sees only 200s."""
+    client posting throughout sees only 200s, whether it opens a connection for each request or
+    keeps one (a retiring worker answers the request that comes on it, with Connection: close)."""
     repository = tmp_path / "repository"
     shutil.copytree(tiny_repo / "tiny" / "1", repository / "tiny" / "1")
     png = png_bytes(mnist_test[0][4])
@@ -214,11 +216,13 @@ def test_sighup_serves_a_new_model_version_without_a_failed_request(tiny_repo: P
         stop = threading.Event()
 
         def post_until_stopped() -> None:
-            while not stop.is_set():
-                try:
-                    codes.append(httpx.post(process.url + "/v1/predict", content=png, headers=PNG).status_code)
-                except httpx.TransportError as exc:  # a refused or dropped connection
-                    codes.append(type(exc).__name__)
+            with httpx.Client(base_url=process.url) as pooled:
+                post = pooled.post if keep_alive else (lambda path, **kw: httpx.post(process.url + path, **kw))
+                while not stop.is_set():
+                    try:
+                        codes.append(post("/v1/predict", content=png, headers=PNG).status_code)
+                    except httpx.TransportError as exc:  # a refused or dropped connection
+                        codes.append(type(exc).__name__)
 
         client = threading.Thread(target=post_until_stopped)
         client.start()
