@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,7 +31,6 @@ from typing import Any
 from bench import microbench
 from bench.gc_cost import CONCURRENT, one_request
 from bench.models import ROOT, prepare
-from server.metrics import MULTIPROCESS_DIR_VARIABLE
 
 PROG = "python -m bench.cpu_split"
 CEILING_BATCH = 32
@@ -106,16 +102,6 @@ def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:
     }
 
 
-def measure_in_child(model: str, windows: int, window_s: float) -> dict[str, Any]:
-    # prometheus_client picks its mode when first imported: the child's, multiprocess, as --workers.
-    with tempfile.TemporaryDirectory(prefix="gloro-cpu-split-") as folder:
-        done = subprocess.run(
-            [sys.executable, "-c", f"import json; from bench.cpu_split import measure; "
-                                   f"print(json.dumps(measure({model!r}, {windows}, {window_s})))"],
-            cwd=ROOT, env={**os.environ, MULTIPROCESS_DIR_VARIABLE: folder}, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
@@ -127,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         p.error("reads each thread's CPU time from /proc: Linux only")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    results = [measure_in_child(m, args.windows, args.window_s) for m in models]
+    results = [microbench.measure_as_worker("bench.cpu_split", m, args.windows, args.window_s) for m in models]
     microbench.write(args.out, PROG, argv, {"models": results})
     for r in results:
         us = r["us_per_request"]

@@ -18,19 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import microbench
 from bench.models import ROOT, prepare
-from server.metrics import MULTIPROCESS_DIR_VARIABLE
 
 PROG = "python -m bench.gc_cost"
 CONCURRENT = 64
@@ -160,14 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, default=1.5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gc_cost.json")
     args = p.parse_args(argv)
-    # In a process of its own: prometheus_client picks its mode when first imported, here the
-    # multiprocess mode of --workers.
-    with tempfile.TemporaryDirectory(prefix="gloro-gc-cost-") as folder:
-        done = subprocess.run(
-            [sys.executable, "-c", f"import json; from bench.gc_cost import measure; "
-                                   f"print(json.dumps(measure({args.windows}, {args.window_s})))"],
-            cwd=ROOT, env={**os.environ, MULTIPROCESS_DIR_VARIABLE: folder}, capture_output=True, text=True, check=True)
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    measured = microbench.measure_as_worker("bench.gc_cost", args.windows, args.window_s)
     microbench.write(args.out, PROG, argv, measured)
     us, gc_us = measured["cpu_us_per_request"], measured["collection_us_per_request"]
     print(f"bench: CPU a request, medians of {args.windows} windows each: Python's settings {us['python']:.1f} us "

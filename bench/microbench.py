@@ -1,10 +1,16 @@
-"""The command line and result file shared by the micro-benchmarks (`bench.decode`,
-`bench.metrics_cost`): best of `--repeats` timings of `--number` calls, JSON at `--out`."""
+"""What the micro-benchmarks share: the command line and result file (`bench.decode`,
+`bench.metrics_cost`: best of `--repeats` timings of `--number` calls, JSON at `--out`), and a
+measurement run in a process of its own in prometheus_client's multiprocess mode
+(`bench.gc_cost`, `bench.cpu_split`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +32,17 @@ def write(out: Path, prog: str, argv: list[str], measured: dict[str, Any]) -> di
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def measure_as_worker(module: str, *args: Any) -> Any:
+    """`module.measure(*args)` run in a new Python process in prometheus_client's multiprocess
+    mode, as a `--workers` process runs (the mode is chosen when prometheus_client is first
+    imported, so it takes a process of its own, with a metrics directory made for it): its JSON."""
+    from server.metrics import MULTIPROCESS_DIR_VARIABLE
+
+    call = f"measure({', '.join(map(repr, args))})"
+    with tempfile.TemporaryDirectory(prefix="gloro-bench-") as folder:
+        done = subprocess.run(
+            [sys.executable, "-c", f"import json; from {module} import measure; print(json.dumps({call}))"],
+            cwd=ROOT, env={**os.environ, MULTIPROCESS_DIR_VARIABLE: folder}, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
