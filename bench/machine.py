@@ -70,8 +70,14 @@ def versions() -> dict[str, str]:
     return found
 
 
-def describe(root: Path) -> dict[str, Any]:
+def checkout(root: Path) -> dict[str, Any]:
+    """The commit a checkout is at, and whether its tracked files differ from it."""
     dirty = _run("git", "-C", str(root), "status", "--porcelain", "--untracked-files=no")
+    return {"commit": _run("git", "-C", str(root), "rev-parse", "--short", "HEAD") or "unknown",
+            "uncommitted_changes": bool(dirty)}
+
+
+def describe(root: Path) -> dict[str, Any]:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "cpu": cpu_model(),
@@ -84,6 +90,5 @@ def describe(root: Path) -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": versions(),
-        "commit": _run("git", "-C", str(root), "rev-parse", "--short", "HEAD") or "unknown",
-        "uncommitted_changes": bool(dirty),
+        **checkout(root),
     }

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench import microbench
+from bench import machine, microbench
 from bench.models import ROOT, prepare
 from bench.soak import start_server
 
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: Counter[str] = Counter()
     for r in runs:
         outcomes.update(r["outcomes"])
-    served = subprocess.run(["git", "-C", str(args.root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
+    served = machine.checkout(args.root)["commit"]
     microbench.write(args.out, PROG, argv, {"served_checkout": str(args.root), "served_commit": served, "runs": runs,
                                             **totals, "outcomes": dict(outcomes)})
     print(f"bench: {totals['requests']} requests through {args.runs} x {args.reloads} SIGHUPs, {args.clients} "

@@ -7,10 +7,11 @@ mode and /metrics adds up every worker's series.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -52,6 +53,57 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
         histogram._buckets[bucket].inc(count)
 
 
+class LoopTally:
+    """The event loop's counter increments and histogram observations, added up in memory and
+    written once an event-loop iteration.
+
+    Under load one iteration resumes a whole batch's requests, and under --workers every write is
+    a locked update of a memory-mapped file (`python -m bench.metrics_cost`; docs/benchmarks.md,
+    item 17). The writes are made by a callback queued on the first update of an iteration
+    (`call_soon`), which runs before the loop handles any more I/O; `flush()` also runs before
+    /metrics is answered and at shutdown. Outside a running event loop an update is written at
+    once. Event-loop thread only: the batch threads write their own (`observe_many`).
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[Counter, float] = {}
+        self._observations: dict[Histogram, list[float]] = {}
+        self._queued = False
+
+    def inc(self, counter: Counter, amount: float = 1.0) -> None:
+        self._counts[counter] = self._counts.get(counter, 0.0) + amount
+        if not self._queued:
+            self._queue_flush()
+
+    def observe(self, histogram: Histogram, value: float) -> None:
+        values = self._observations.get(histogram)
+        if values is None:
+            self._observations[histogram] = [value]
+        else:
+            values.append(value)
+        if not self._queued:
+            self._queue_flush()
+
+    def _queue_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._queued = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what was added up (a flush with nothing to write writes nothing)."""
+        self._queued = False
+        counts, self._counts = self._counts, {}
+        observations, self._observations = self._observations, {}
+        for counter, amount in counts.items():
+            counter.inc(amount)
+        for histogram, values in observations.items():
+            observe_many(histogram, values)
+
+
 @dataclass(frozen=True)
 class ModelMetrics:
     """The children of the per-model series, resolved once so the hot path does no label lookups."""
@@ -63,12 +115,14 @@ class ModelMetrics:
     certified: Counter
     abstained: Counter
     queue_depth: Gauge
+    tally: LoopTally = field(default_factory=LoopTally)
 
     def record_predictions(self, certified: int, total: int) -> None:
+        """On the event loop: the predictions of one answer, certified or abstained."""
         if certified:
-            self.certified.inc(certified)
+            self.tally.inc(self.certified, certified)
         if total - certified:
-            self.abstained.inc(total - certified)
+            self.tally.inc(self.abstained, total - certified)
 
 
 class Metrics:
@@ -102,6 +156,7 @@ class Metrics:
             buckets=RADIUS_BUCKETS, registry=registry,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.tally = LoopTally()
         # Kept by the batcher: raised as a request is queued, lowered once a batch (a gauge read
         # by a function at scrape time would see only the worker that answers the scrape); with
         # --workers the sum over the workers alive.
@@ -112,6 +167,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this process's series, or with --workers every worker's."""
+        self.tally.flush()
         if not multiprocess_mode():
             return generate_latest(self.registry)
         merged = CollectorRegistry()
@@ -120,6 +176,7 @@ class Metrics:
 
     def close(self) -> None:
         """At a worker's exit: its queue depth leaves the sum (its counters stay in the totals)."""
+        self.tally.flush()
         if multiprocess_mode():
             multiprocess.mark_process_dead(os.getpid())
 
@@ -132,6 +189,7 @@ class Metrics:
             certified=self.predictions.labels(model, "certified"),
             abstained=self.predictions.labels(model, "abstained"),
             queue_depth=self.queue_depth.labels(model),
+            tally=self.tally,
         )
 
     def record_request(self, model: str, route: str, status: int, seconds: float) -> None:
@@ -140,5 +198,5 @@ class Metrics:
         if children is None:  # label values are bounded, so this cache is too
             children = (self.requests.labels(model, route, str(status)), self.request_duration.labels(model, route))
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.tally.inc(children[0])
+        self.tally.observe(children[1], seconds)

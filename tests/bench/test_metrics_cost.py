@@ -1,4 +1,5 @@
-"""bench/metrics_cost.py: the event loop's metric updates are timed in both prometheus_client modes."""
+"""bench/metrics_cost.py: the event loop's metric updates are timed in both prometheus_client modes,
+written at once and tallied an event-loop iteration at a time."""
 
 from __future__ import annotations
 
@@ -22,4 +23,7 @@ def test_both_modes_are_timed_each_in_its_own_process(tmp_path, capsys) -> None:
         batch = result["batch_thread_us_per_request"][mode]
         assert set(batch) == {"1", "16", "32"}
         assert all(b["one_by_one"] > 0 and b["at_once"] > 0 for b in batch.values())
+        loop = result["loop_tallied_us_per_request"][mode]  # the loop's updates, both ways, a request
+        assert set(loop) == {"1", "16", "32"}
+        assert all(t["at_once"] > 0 and t["tallied"] > 0 for t in loop.values())
     assert capsys.readouterr().out.count("bench: ") == 1

@@ -1,14 +1,16 @@
-"""The metric updates the batcher makes a batch at a time are the ones made one by one."""
+"""The metric updates made a batch at a time (the batcher) or an event-loop iteration at a time (the
+loop's tally) are the ones made one by one, and a scrape or a shutdown never misses one."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from server.metrics import LATENCY_BUCKETS, RADIUS_BUCKETS, observe_many
+from server.metrics import LATENCY_BUCKETS, RADIUS_BUCKETS, LoopTally, Metrics, observe_many
 
 
 def histogram_state(histogram: Histogram) -> tuple[dict[str, float], float]:
@@ -52,3 +54,50 @@ def test_observe_many_of_nothing_changes_nothing_and_nan_counts_in_no_bucket() -
     observe_many(at_once, [float("nan")])
     (expected, _), (got, total) = histogram_state(one_by_one), histogram_state(at_once)
     assert got == expected and got["+Inf"] == 0 and math.isnan(total)
+
+
+def test_the_loop_tally_writes_at_once_outside_an_event_loop() -> None:
+    counter = Counter("c", "c", registry=CollectorRegistry())
+    LoopTally().inc(counter, 2)
+    assert counter._value.get() == 2
+
+
+def test_the_loop_tally_writes_an_iterations_updates_once_that_iteration_is_over() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", registry=registry)
+    one_by_one, tallied = pair(LATENCY_BUCKETS)
+    values = [0.0004, 0.001, 0.02, 0.02, 31.0]
+    tally = LoopTally()
+
+    async def one_iteration() -> tuple[float, float]:
+        for v in values:
+            tally.inc(counter)
+            tally.observe(tallied, v)
+            one_by_one.observe(v)
+        unwritten = counter._value.get()
+        await asyncio.sleep(0)  # the loop's next iteration runs the queued write first
+        return unwritten, counter._value.get()
+
+    assert asyncio.run(one_iteration()) == (0, len(values))
+    assert histogram_state(tallied) == histogram_state(one_by_one)
+
+
+def test_a_scrape_and_a_shutdown_include_updates_of_the_current_iteration() -> None:
+    metrics = Metrics(CollectorRegistry())
+    model = metrics.for_model("m")
+
+    async def answered_then_scraped() -> tuple[bytes, float | None]:
+        metrics.record_request("m", "/v1/predict", 200, 0.004)
+        model.record_predictions(certified=2, total=3)
+        text = metrics.exposition()  # before the loop's next iteration
+        metrics.record_request("m", "/v1/predict", 503, 0.001)
+        metrics.close()
+        return text, metrics.registry.get_sample_value(
+            "gloro_requests_total", {"model": "m", "route": "/v1/predict", "status": "503"})
+
+    text, after_close = asyncio.run(answered_then_scraped())
+    assert b'gloro_requests_total{model="m",route="/v1/predict",status="200"} 1.0' in text
+    assert b'gloro_predictions_total{model="m",outcome="certified"} 2.0' in text
+    assert b'gloro_predictions_total{model="m",outcome="abstained"} 1.0' in text
+    assert b'gloro_request_duration_seconds_count{model="m",route="/v1/predict"} 1.0' in text
+    assert after_close == 1
