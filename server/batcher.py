@@ -184,6 +184,10 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Each worker's part of a request that spanned its last batch: only that worker touches its slot.
         self._carries: list[Slice | None] = [None] * config.instances
+        # Requests each worker has taken into the batch it is still collecting: gloro_queue_depth
+        # counts them until the batch is complete. Only that worker writes its slot.
+        self._collecting = [0] * config.instances
+        self._depth_lock = threading.Lock()
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -191,8 +195,22 @@ class Batcher:
 
     def depth(self) -> int:
         """Requests queued, not yet taken into a batch (gloro_queue_depth also counts those of a
-        batch still being collected: it is lowered once the batch is complete)."""
+        batch still being collected)."""
         return self._queue.qsize()
+
+    def _show_depth(self) -> None:
+        """Set gloro_queue_depth to the requests queued or in a batch still being collected.
+
+        Whichever thread changes that number sets it after: the event loop once an iteration in
+        which it queued requests (through the metrics' LoopTally: one write however many, where one
+        each cost about 7 us of its CPU a request in process, docs/benchmarks.md item 17), a worker
+        once it has collected a batch. Reading and writing under one lock, the last write is never
+        older than the last change, and the gauge never goes below 0 as an increment and a
+        decrement from two threads could."""
+        if self.metrics is None:
+            return
+        with self._depth_lock:
+            self.metrics.queue_depth.set(self._queue.qsize() + sum(self._collecting))
 
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
         if self._stopping:
@@ -203,7 +221,7 @@ class Batcher:
         request = InferenceRequest(inputs, loop.create_future(), now, now + self.config.timeout)
         self._queue.put(request)
         if self.metrics is not None:
-            self.metrics.queue_depth.inc()
+            self.metrics.tally.refresh(self._show_depth)
         self._watch(request.deadline, request.future, loop)
         return request
 
@@ -254,7 +272,7 @@ class Batcher:
         left = [(c.request.future, Unavailable(message)) for c in self._carries if c is not None]
         while (request := self._take(0)) is not None:
             left.append((request.future, Unavailable(message)))
-            self._left_queue(1)
+        self._show_depth()
         if left:
             _hand_back(left)
 
@@ -264,19 +282,13 @@ class Batcher:
         except queue.Empty:
             return None
 
-    def _left_queue(self, requests: int) -> None:
-        """The queue-depth gauge, lowered once for the requests a batch took (one write, not one each)."""
-        if requests and self.metrics is not None:
-            self.metrics.queue_depth.dec(requests)
-
     def _work(self, worker: int) -> None:
         last_batch_requests = 0
-        taken = 0
 
         def take(timeout: float) -> InferenceRequest | None:
-            nonlocal taken
             request = self._take(timeout)
-            taken += request is not None
+            if request is not None:
+                self._collecting[worker] += 1
             return request
 
         while not (self._stopping and self._carries[worker] is None and self._queue.empty()):
@@ -292,8 +304,9 @@ class Batcher:
                 # less load waits the delay once, and the next batch expects fewer.
                 enough=last_batch_requests,
             )
-            self._left_queue(taken)
-            taken = 0
+            if self._collecting[worker]:
+                self._collecting[worker] = 0
+                self._show_depth()
             if batch:
                 last_batch_requests = len(batch)
                 try:

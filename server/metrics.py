@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -55,7 +55,7 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
 
 class LoopTally:
     """The event loop's counter increments and histogram observations, added up in memory and
-    written once an event-loop iteration.
+    written once an event-loop iteration, and the gauges it changed set once too (`refresh`).
 
     Under load one iteration resumes a whole batch's requests, and under --workers every write is
     a locked update of a memory-mapped file (`python -m bench.metrics_cost`; docs/benchmarks.md,
@@ -68,6 +68,7 @@ class LoopTally:
     def __init__(self) -> None:
         self._counts: dict[Counter, float] = {}
         self._observations: dict[Histogram, list[float]] = {}
+        self._refreshes: dict[Callable[[], None], None] = {}  # an ordered set
         self._queued = False
 
     def inc(self, counter: Counter, amount: float = 1.0) -> None:
@@ -81,6 +82,12 @@ class LoopTally:
             self._observations[histogram] = [value]
         else:
             values.append(value)
+        if not self._queued:
+            self._queue_flush()
+
+    def refresh(self, update: Callable[[], None]) -> None:
+        """Call `update` (which sets a gauge) once with this iteration's writes, however often asked."""
+        self._refreshes[update] = None
         if not self._queued:
             self._queue_flush()
 
@@ -98,10 +105,13 @@ class LoopTally:
         self._queued = False
         counts, self._counts = self._counts, {}
         observations, self._observations = self._observations, {}
+        refreshes, self._refreshes = self._refreshes, {}
         for counter, amount in counts.items():
             counter.inc(amount)
         for histogram, values in observations.items():
             observe_many(histogram, values)
+        for update in refreshes:
+            update()
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,8 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.tally = LoopTally()
-        # Kept by the batcher: raised as a request is queued, lowered once a batch (a gauge read
-        # by a function at scrape time would see only the worker that answers the scrape); with
+        # Set by the batcher whenever its number changes (Batcher._show_depth; a gauge read by a
+        # function at scrape time would see only the worker that answers the scrape); with
         # --workers the sum over the workers alive.
         self.queue_depth = Gauge(
             "gloro_queue_depth", "requests queued, their batch not yet running", ["model"],

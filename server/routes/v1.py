@@ -16,7 +16,7 @@ from server.repository import InputSpec
 from server.responses import FastJSONResponse
 from server.routes import Route, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
-from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse
+from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse, read_b64_request
 
 MAX_FILES = 4096
 IMAGE_BODY = {"type": "string", "format": "binary"}
@@ -92,6 +92,10 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
 
 
 def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    usual = read_b64_request(body)
+    if usual is not None:
+        images, epsilon, return_logits = usual
+        return decode_images([decode_base64(b64, n) for n, b64 in enumerate(images)], spec), epsilon, return_logits
     try:
         request = PredictRequest.model_validate_json(body)
     except ValidationError as exc:

@@ -215,6 +215,27 @@ def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(f
 
 
 @pytest.mark.integration
+def test_the_queue_depth_counts_the_requests_of_a_batch_still_being_collected(fake_spec) -> None:
+    metrics = Metrics(CollectorRegistry())
+    batcher = Batcher("tiny", FakeBackend(fake_spec), BatchConfig(max_batch_size=8, max_queue_delay=0.4),
+                      metrics.for_model("tiny"))
+    batcher.start()
+
+    async def main() -> tuple[float | None, int]:
+        answers = [asyncio.ensure_future(batcher.infer(np.zeros((1, 1, 28, 28), np.float32))) for _ in range(2)]
+        await asyncio.sleep(0.15)  # both taken into a batch that waits up to 0.4 s for more
+        shown, queued = metrics.registry.get_sample_value("gloro_queue_depth", {"model": "tiny"}), batcher.depth()
+        await asyncio.gather(*answers)
+        await asyncio.sleep(0)
+        return shown, queued
+
+    shown, queued = run(main())
+    batcher.stop(1.0)
+    assert (shown, queued) == (2, 0)
+    assert metrics.registry.get_sample_value("gloro_queue_depth", {"model": "tiny"}) == 0
+
+
+@pytest.mark.integration
 def test_a_failing_batch_fails_only_its_own_requests(fake_spec) -> None:
     backend = FakeBackend(fake_spec, fail_if=lambda batch: bool((batch == 1.0).any()))
     batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1))

@@ -82,6 +82,23 @@ def test_the_loop_tally_writes_an_iterations_updates_once_that_iteration_is_over
     assert histogram_state(tallied) == histogram_state(one_by_one)
 
 
+def test_a_refresh_asked_for_many_times_in_an_iteration_runs_once_after_it() -> None:
+    tally = LoopTally()
+    calls: list[str] = []
+
+    def update() -> None:
+        calls.append("set")
+
+    async def one_iteration() -> tuple[int, int]:
+        for _ in range(3):
+            tally.refresh(update)
+        during = len(calls)
+        await asyncio.sleep(0)
+        return during, len(calls)
+
+    assert asyncio.run(one_iteration()) == (0, 1)
+
+
 def test_a_scrape_and_a_shutdown_include_updates_of_the_current_iteration() -> None:
     metrics = Metrics(CollectorRegistry())
     model = metrics.for_model("m")

@@ -1,0 +1,95 @@
+"""The usual JSON predict body is read without pydantic; whatever that reader accepts, the
+pydantic model accepts with the same values, and it leaves everything else to the model."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from server.wire_v1 import MAX_INSTANCES, PredictRequest, read_b64_request
+
+IMAGE = {"b64": "iVBORw0KGgo="}
+
+
+def pydantic_reading(body: bytes) -> tuple[list[str], float | None, bool] | None:
+    """What PredictRequest makes of `body` in the reader's terms; None if it refuses it."""
+    try:
+        request = PredictRequest.model_validate_json(body)
+    except ValidationError:
+        return None
+    if any(isinstance(i, list) for i in request.instances):
+        return None
+    return [i.b64 for i in request.instances], request.epsilon, request.return_logits
+
+
+@pytest.mark.parametrize(
+    ("body", "read"),
+    [
+        ({"instances": [IMAGE]}, (["iVBORw0KGgo="], None, False)),
+        ({"instances": [IMAGE, IMAGE], "epsilon": 0.3, "return_logits": True}, (["iVBORw0KGgo="] * 2, 0.3, True)),
+        ({"instances": [IMAGE], "epsilon": 1}, (["iVBORw0KGgo="], 1.0, False)),  # an integer eps, as a float
+        ({"instances": [IMAGE], "epsilon": None}, (["iVBORw0KGgo="], None, False)),
+    ],
+)
+def test_the_usual_body_is_read_as_pydantic_reads_it(body, read) -> None:
+    raw = json.dumps(body).encode()
+    assert read_b64_request(raw) == read == pydantic_reading(raw)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[[[0.5]]]]}',  # pixel arrays
+        b'{"instances": [{"b64": "iVBO"}], "return_logits": "true"}',  # pydantic converts it; left to pydantic
+        b'{"instances": [{"b64": "iVBO"}], "epsilon": "0.3"}',
+        b'{"instances": [{"b64": "iVBO"}], "epsilon": true}',
+        b'{"instances": [{"b64": "iVBO", "x": 1}]}',  # extra field in an image
+        b'{"instances": [{"b64": "iVBO"}], "extra": 1}',
+        b'{"instances": []}',
+        b'{"instances": {"b64": "iVBO"}}',
+        b'[{"b64": "iVBO"}]',
+        b'{"instances": [{"b64": 5}]}',
+        b'{"instances": [{"b64": "iVBO"}]',  # truncated
+        b"",
+        b'{"instances": [{"b64": "iVBO"}], "epsilon": NaN}',
+    ],
+)
+def test_anything_else_is_left_to_pydantic(body) -> None:
+    assert read_b64_request(body) is None
+
+
+def test_more_images_than_a_request_may_hold_are_left_to_pydantic() -> None:
+    body = orjson.dumps({"instances": [IMAGE] * (MAX_INSTANCES + 1)})
+    assert read_b64_request(body) is None and pydantic_reading(body) is None
+    assert read_b64_request(orjson.dumps({"instances": [IMAGE] * MAX_INSTANCES})) is not None
+
+
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                            max_size=3), max_leaves=8)
+b64_images = st.fixed_dictionaries({"b64": st.text(max_size=12)})
+images = b64_images | values
+# Mostly bodies the reader accepts, with one thing off now and then.
+near_usual = st.fixed_dictionaries(
+    {"instances": st.lists(b64_images, min_size=1, max_size=3) | st.lists(images, max_size=3)},
+    optional={"epsilon": st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | values,
+              "return_logits": st.booleans() | values, "other": values})
+bodies = near_usual | st.dictionaries(st.sampled_from(["instances", "epsilon", "return_logits", "other"]),
+                                      st.lists(images, max_size=3) | values, max_size=3) | values
+
+
+@settings(max_examples=400, deadline=None)
+@given(bodies)
+def test_what_the_reader_accepts_pydantic_accepts_with_the_same_values(body) -> None:
+    try:
+        raw = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits: not JSON orjson writes
+        raw = json.dumps(body).encode()
+    read = read_b64_request(raw)
+    if read is not None:
+        assert read == pydantic_reading(raw)
