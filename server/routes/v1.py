@@ -14,7 +14,7 @@ from server.decode import decode_base64, decode_images, decode_pixel_lists, pars
 from server.errors import BadRequest, InvalidInput, UnsupportedMediaType, describe_validation_errors
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
-from server.routes import Route, inline_schema, path_parameter, read_body
+from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
 from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse, read_b64_request
 
@@ -126,7 +126,7 @@ async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarr
 
 async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
     """The body as a float32 batch, plus the eps and return_logits it carries (None, False if none)."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    content_type = (header(request, "content-type") or "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _decode_multipart(request, spec)
     body = await read_body(request)

@@ -17,7 +17,7 @@ from server import package_version
 from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, describe_validation_errors
 from server.responses import FastJSONResponse, dumps
-from server.routes import Route, inline_schema, path_parameter, read_body
+from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
 from server.wire_v2 import (
     BINARY_HEADER,
@@ -187,8 +187,8 @@ class OpenInferenceAPI:
     async def _infer(self, request: Request, service: ModelService) -> Response:
         request.scope["gloro.model"] = service.spec.name
         body = await read_body(request)
-        header, binary = _split_body(body, request.headers.get(BINARY_HEADER))
-        infer_request = _parse(header)
+        json_part, binary = _split_body(body, header(request, BINARY_HEADER))
+        infer_request = _parse(json_part)
         inputs = _input_tensor(infer_request, binary, service)
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
