@@ -6,8 +6,8 @@ iteration that answers 1, 16 or 32 requests (docs/benchmarks.md, item 17).
 
 Beside them, the batch thread's updates for a batch of single-image requests, a request's share:
 the queue waits and radii observed one by one with prometheus_client's `observe()` and the queue
-depth lowered once a request, against the server's way, `server.metrics.observe_many` and one
-lowering a batch (docs/benchmarks.md, item 15).
+depth lowered once a request, against the server's way, `server.metrics.observe_many` and the
+depth set once a batch (docs/benchmarks.md, items 15 and 17).
 
 prometheus_client picks its mode when it is imported, so each mode is timed in a child process of
 its own. Each figure is the best of `--repeats` timings of `--number` requests.
@@ -31,23 +31,30 @@ from server.metrics import MULTIPROCESS_DIR_VARIABLE
 PROG = "python -m bench.metrics_cost"
 
 # The updates of one answered request on the event loop: enqueued, predictions counted, request
-# counted and timed (server.batcher.Batcher.submit, ModelService.predict, RequestMetrics).
+# counted and timed (server.batcher.Batcher.submit, ModelService.predict, RequestMetrics). "loop" is
+# each written at once (the server before item 17); "loop_tallied" the server's way.
 CHILD = """
-import asyncio, json, sys, time, timeit
+import asyncio, json, sys, threading, time, timeit
 import uvloop
 from prometheus_client import CollectorRegistry
 from server.metrics import Metrics, multiprocess_mode, observe_many
 BATCH_SIZES = (1, 16, 32)
 metrics = Metrics(CollectorRegistry())
 model = metrics.for_model("m")
-def one_request():
-    model.queue_depth.inc()
+depth_lock = threading.Lock()
+
+def show_depth():  # as Batcher._show_depth sets the gauge
+    with depth_lock:
+        model.queue_depth.set(0)
+
+def one_request():  # the server's updates: tallied, the queue depth set once an iteration
+    model.tally.refresh(show_depth)
     model.record_predictions(1, 1)
     metrics.record_request("m", "/v1/predict", 200, 0.004)
 
 children = (metrics.requests.labels("m", "/v1/predict", "200"), metrics.request_duration.labels("m", "/v1/predict"))
 
-def one_request_immediately():  # the same updates, each written at once, as before the LoopTally
+def one_request_immediately():  # the updates as the server made them before: each written at once
     model.queue_depth.inc()
     model.certified.inc(1)
     children[0].inc()
@@ -64,7 +71,7 @@ def one_by_one(waits, radii):
         model.radius.observe(r)
 
 def at_once(waits, radii):
-    model.queue_depth.dec(len(waits))
+    show_depth()
     observe_many(model.queue_wait, waits)
     observe_many(model.radius, radii)
 
