@@ -91,25 +91,28 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
-    usual = read_b64_request(body)
-    if usual is not None:
-        images, epsilon, return_logits = usual
-        return decode_images([decode_base64(b64, n) for n, b64 in enumerate(images)], spec), epsilon, return_logits
+def _validated(body: bytes) -> PredictRequest:
     try:
-        request = PredictRequest.model_validate_json(body)
+        return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
             raise BadRequest(f"body is not valid JSON: {errors[0]['msg']}") from None
         raise InvalidInput(describe_validation_errors(errors)) from None
-    images = [i for i in request.instances if not isinstance(i, list)]
-    if not images:
-        return decode_pixel_lists(request.instances, spec), request.epsilon, request.return_logits
-    if len(images) != len(request.instances):
-        raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
-    files = [decode_base64(i.b64, n) for n, i in enumerate(images)]
-    return decode_images(files, spec), request.epsilon, request.return_logits
+
+
+def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    read = read_b64_request(body)  # the usual body, without pydantic
+    if read is None:
+        request = _validated(body)
+        images = [i for i in request.instances if not isinstance(i, list)]
+        if not images:
+            return decode_pixel_lists(request.instances, spec), request.epsilon, request.return_logits
+        if len(images) != len(request.instances):
+            raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
+        read = [i.b64 for i in images], request.epsilon, request.return_logits
+    b64_images, epsilon, return_logits = read
+    return decode_images([decode_base64(b64, n) for n, b64 in enumerate(b64_images)], spec), epsilon, return_logits
 
 
 async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
