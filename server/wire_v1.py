@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-PREDICT_FIELDS = frozenset({"instances", "epsilon", "return_logits"})
 MAX_INSTANCES = 4096
 
 
@@ -32,6 +31,9 @@ class PredictRequest(BaseModel):
     instances: list[B64Image | list[Any]] = Field(min_length=1, max_length=MAX_INSTANCES)
     epsilon: float | None = Field(None, description="certify at this eps (default: the model's)")
     return_logits: bool = False
+
+
+PREDICT_FIELDS = frozenset(PredictRequest.model_fields)  # the fields a body may have, from the model
 
 
 def read_b64_request(body: bytes) -> tuple[list[str], float | None, bool] | None:
