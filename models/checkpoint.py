@@ -193,6 +193,8 @@ class ExportedVersion:
     config: TrainConfig
     epochs: int
     tensors: dict[str, torch.Tensor]
+    train_command: str | None = None
+    safety_factor: float | None = None  # what its certificates were computed with
 
 
 def read_exported(folder: Path) -> ExportedVersion:
@@ -202,34 +204,55 @@ def read_exported(folder: Path) -> ExportedVersion:
         manifest = json.loads((folder / "gloro.json").read_text())
         provenance = manifest["provenance"]
         raw, epochs = dict(provenance["config"]), int(provenance["epochs"])
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        command = provenance.get("train_command")
+        factor = manifest.get("bound", {}).get("safety_factor")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
     config = _config_from(raw, f"{folder}/gloro.json")
-    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"))
+    known = command if isinstance(command, str) and command != "unknown" else None
+    factor = float(factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor >= 1 else None
+    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor)
 
 
-def load_exported(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
-    """The network of an exported model repository version, to fine-tune from, and its epochs.
+def _exported_network(folder: Path) -> tuple[GloroNet, ExportedVersion]:
+    """The network of an exported model repository version, to fine-tune from or re-export.
 
     The export keeps the body's tensors (power iterates included) and the head's effective weight
-    and bias; the head's power iterate starts afresh, as it converges in the first steps anyway.
-    """
+    and bias; the head's power iterate starts afresh, as it converges in the first steps anyway."""
     exported = read_exported(folder)
     state = {k: v for k, v in exported.tensors.items() if k.startswith("body.")}
     for ours, theirs in (("head.linear.weight", "weight"), ("head.linear.bias", "bias")):
         if theirs in exported.tensors:
             state[ours] = exported.tensors[theirs]
-    network = _network(exported.config, state, Path(folder) / "model.safetensors", fresh=("head.u",))
-    return network, exported.config, exported.epochs
+    return _network(exported.config, state, Path(folder) / "model.safetensors", fresh=("head.u",)), exported
+
+
+@dataclass(frozen=True)
+class Source:
+    """A network to export or fine-tune from, with what its folder says about it. A training
+    checkpoint records neither a training command nor a safety factor (None)."""
+
+    model: GloroNet
+    config: TrainConfig
+    epochs: int  # all the epochs behind its weights
+    train_command: str | None = None
+    safety_factor: float | None = None
+
+
+def load_source(folder: Path) -> Source:
+    """A training checkpoint or an exported model version."""
+    folder = Path(folder)
+    if (folder / "gloro.json").is_file():
+        network, exported = _exported_network(folder)
+        return Source(network, exported.config, exported.epochs, exported.train_command, exported.safety_factor)
+    model, config, state = load_model(folder)
+    return Source(model, config, trained_epochs(config, state))
 
 
 def load_trained(folder: Path) -> tuple[GloroNet, TrainConfig, int]:
     """A training checkpoint or an exported model version: its network, config and all its epochs."""
-    folder = Path(folder)
-    if (folder / "gloro.json").is_file():
-        return load_exported(folder)
-    model, config, state = load_model(folder)
-    return model, config, trained_epochs(config, state)
+    source = load_source(folder)
+    return source.model, source.config, source.epochs
 
 
 def load_weights(folder: Path, weights: str = "model") -> dict[str, torch.Tensor]:

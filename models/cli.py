@@ -150,8 +150,9 @@ def _run_certify(args: argparse.Namespace) -> int:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to a model repository entry (ONNX + manifest)")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("export", help="export a checkpoint to a model repository entry (ONNX + manifest), "
+                       "or re-export an exported version with this code")
+    p.add_argument("checkpoint", type=Path, help="a training checkpoint folder or a model repository version folder")
     p.add_argument("--out", type=Path, required=True, help="REPOSITORY/NAME/VERSION")
     p.add_argument("--eps", type=eps_value, default=None, help="eps to certify at by default (default: the training config's)")
     p.add_argument("--data-dir", default=None, help="test data to measure accuracy and VRA on (default: the training config's)")

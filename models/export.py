@@ -54,9 +54,9 @@ class CertifiedModel(nn.Module):
         self.radius = RadiusHead(K)
 
     @classmethod
-    def from_gloro(cls, model: GloroNet) -> "CertifiedModel":
+    def from_gloro(cls, model: GloroNet, safety_factor: float = SAFETY_FACTOR) -> "CertifiedModel":
         require_bounded(model.body.layers)
-        K = model.lipschitz_matrix(BoundMode.SOUND)
+        K = model.lipschitz_matrix(BoundMode.SOUND, safety_factor)
         if not torch.isfinite(K).all():
             raise ExportError("the sound Lipschitz bound is not finite; refusing to export")
         return cls(model.body, model.head_weight, model.head.linear.bias, K)
@@ -149,14 +149,18 @@ def model_card(manifest: dict[str, Any]) -> str:
 def export_checkpoint(checkpoint_dir: Path, out: Path, eps: float | None = None, data_dir: str | None = None,
                       test_subset: int | None = None, train_command: str | None = None,
                       force: bool = False) -> dict[str, Any]:
-    model, config, state = checkpoint.load_model(Path(checkpoint_dir))
-    return export_model(model, config, Path(out), epochs=checkpoint.trained_epochs(config, state), eps=eps, data_dir=data_dir,
-                        test_subset=test_subset, train_command=train_command, force=force)
+    """Export a training checkpoint, or re-export a model repository version: the same weights,
+    sound bound and safety factor (so the same certificates) in the graph this code writes (a
+    faster one, when the exporter improves), keeping the training command the version recorded."""
+    source = checkpoint.load_source(Path(checkpoint_dir))
+    return export_model(source.model, source.config, Path(out), epochs=source.epochs, eps=eps, data_dir=data_dir,
+                        test_subset=test_subset, train_command=train_command or source.train_command, force=force,
+                        safety_factor=source.safety_factor or SAFETY_FACTOR)
 
 
 def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, eps: float | None = None,
                  data_dir: str | None = None, test_subset: int | None = None, train_command: str | None = None,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False, safety_factor: float = SAFETY_FACTOR) -> dict[str, Any]:
     out = Path(out)
     name, version = out.parent.name, out.name
     if not version.isdigit() or int(version) < 1:
@@ -164,7 +168,7 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
     model = model.cpu().eval()
     require_bounded(model.body.layers)  # before anything else touches a layer
     layers = model.body.named_bounds()  # converges the power iterations: the estimates are for reference
-    certified = CertifiedModel.from_gloro(model)
+    certified = CertifiedModel.from_gloro(model, safety_factor)
     eps = config.eps if eps is None else eps
     test_set = data.load(config.dataset, data_dir or config.data_dir, train=False).subset(test_subset)
 
@@ -192,7 +196,7 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
             "architecture": config.architecture,
             "bound": {
                 "method": BOUND_METHOD,
-                "safety_factor": SAFETY_FACTOR,
+                "safety_factor": safety_factor,
                 "body_lipschitz": model.body.lipschitz_bound(),
                 "layers": layers,
             },

@@ -99,14 +99,15 @@ class GloroNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.body(x), self.head_weight, self.head.linear.bias)
 
-    def body_lipschitz(self, mode: BoundMode) -> torch.Tensor:
+    def body_lipschitz(self, mode: BoundMode, safety_factor: float = SAFETY_FACTOR) -> torch.Tensor:
         if mode is BoundMode.SOUND:
-            return torch.tensor(self.body.lipschitz_bound() * SAFETY_FACTOR, dtype=torch.float64)
+            return torch.tensor(self.body.lipschitz_bound() * safety_factor, dtype=torch.float64)
         return self.body.lipschitz_estimate()
 
-    def lipschitz_matrix(self, mode: BoundMode) -> torch.Tensor:
-        """K [m, m] under the chosen bound (float64 for SOUND, differentiable for ESTIMATE)."""
-        k = self.body_lipschitz(mode)
+    def lipschitz_matrix(self, mode: BoundMode, safety_factor: float = SAFETY_FACTOR) -> torch.Tensor:
+        """K [m, m] under the chosen bound (float64 for SOUND, differentiable for ESTIMATE); a
+        re-export passes the safety factor its version was certified with."""
+        k = self.body_lipschitz(mode, safety_factor)
         if mode is BoundMode.SOUND:
             return margin_lipschitz(k, self.head_weight.detach().to(torch.float64))
         return margin_lipschitz(k, self.head_weight)

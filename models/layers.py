@@ -232,6 +232,11 @@ class Conv2d(_PowerIterated):
     The padding is explicit (possibly asymmetric, as TensorFlow's 'same'), so the operator whose
     norm is bounded is exactly the one run: pad (an isometric embedding), then a valid convolution.
     Call :meth:`bind` with the input shape before use.
+
+    The forward pass pads inside the convolution (its symmetric part), which computes the same zeros
+    times the same weights: the exported graph then holds one Conv with its own pads, not a Pad
+    copying every activation before it (that copy cost about a tenth of a 6C2F's onnxruntime time,
+    docs/benchmarks.md item 18).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
@@ -263,7 +268,12 @@ class Conv2d(_PowerIterated):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._require_bound()
-        return self.conv(F.pad(x, self.pad))
+        left, right, top, bottom = self.pad
+        across, down = min(left, right), min(top, bottom)  # torch pads both sides of an axis alike
+        extra = (left - across, right - across, top - down, bottom - down)
+        if any(extra):  # the rest of an asymmetric padding
+            x = F.pad(x, extra)
+        return F.conv2d(x, self.conv.weight, self.conv.bias, stride=self.stride, padding=(down, across))
 
     def _apply_linear(self, u: torch.Tensor) -> torch.Tensor:
         return F.conv2d(u, self.conv.weight, stride=self.stride)

@@ -80,6 +80,19 @@ def test_conv_bound_is_above_the_real_operator_norm(c_in, c_out, kernel, stride,
         assert bound <= 1.05 * truth, f"strided bound {bound} is more than 5% above {truth}"
 
 
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,size", CONV_CASES)
+def test_conv_forward_is_the_bounded_operator_pad_then_valid_convolution(c_in, c_out, kernel, stride, size):
+    """The forward pads inside the convolution where it can (so the export has no Pad node); the
+    bound is for padding first, then a valid convolution: both must be the same function."""
+    torch.manual_seed(size)
+    layer = Conv2d(c_in, c_out, kernel, stride=stride)
+    layer.bind((c_in, size, size))
+    x = torch.randn(3, c_in, size, size)
+    with torch.no_grad():
+        padded_first = F.conv2d(F.pad(x, layer.pad), layer.conv.weight, layer.conv.bias, stride=stride)
+        torch.testing.assert_close(layer(x), padded_first)
+
+
 @pytest.mark.parametrize("n_in,n_out", [(10, 3), (50, 50), (784, 100), (7, 200)])
 def test_dense_bound_equals_the_operator_norm(n_in, n_out):
     torch.manual_seed(n_in + n_out)

@@ -49,6 +49,17 @@ def test_graph_has_dynamic_batch_and_the_constants_as_initializers(exported):
     assert any("inverse_K" in name for name in init_names)
 
 
+def test_convolutions_pad_inside_themselves(exported):
+    """'Same' padding lives in each Conv's pads attribute: a separate Pad node would copy every
+    activation once more (a tenth of a 6C2F's forward in onnxruntime)."""
+    nodes = onnx.load(str(exported / "model.onnx")).graph.node
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert convs and not [n for n in nodes if n.op_type == "Pad"]
+    for conv in convs:
+        pads = next(a.ints for a in conv.attribute if a.name == "pads")
+        assert list(pads) == [1, 1, 1, 1]
+
+
 def test_onnxruntime_agrees_with_torch_on_the_mnist_test_set(exported, trained_run, mnist_dir):
     model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
     reference = CertifiedModel.from_gloro(model.eval()).eval()
@@ -147,3 +158,33 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(trained_run, tmp
 def test_version_folder_must_be_a_positive_integer(trained_run, tmp_path):
     with pytest.raises(ExportError, match="positive integer"):
         export_checkpoint(trained_run / "checkpoint", tmp_path / "m" / "latest", test_subset=100)
+
+
+def test_an_exported_version_re_exports_with_the_same_weights_bound_and_answers(exported, tmp_path):
+    again = tmp_path / "tiny-2c2f" / "2"
+    export_checkpoint(exported, again, test_subset=1000)
+    first, second = (json.loads((v / "gloro.json").read_text()) for v in (exported, again))
+    assert second["bound"]["body_lipschitz"] == first["bound"]["body_lipschitz"]
+    assert second["metrics"] == first["metrics"]
+    assert second["provenance"]["train_command"] == "pytest fixture"  # kept from the version, not "unknown"
+    assert second["provenance"]["epochs"] == first["provenance"]["epochs"]
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    answers = [ort.InferenceSession(str(v / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+               for v in (exported, again)]
+    for a, b in zip(*answers):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_re_export_keeps_the_safety_factor_its_version_was_certified_with(exported, tmp_path):
+    older = tmp_path / "old" / "tiny-2c2f" / "1"
+    shutil.copytree(exported, older)
+    manifest = json.loads((older / "gloro.json").read_text())
+    manifest["bound"]["safety_factor"] = 1.001  # as versions exported before the factor became 1.005 say
+    (older / "gloro.json").write_text(json.dumps(manifest))
+    again = tmp_path / "new" / "tiny-2c2f" / "1"
+    export_checkpoint(older, again, test_subset=1000)
+    assert json.loads((again / "gloro.json").read_text())["bound"]["safety_factor"] == 1.001
+    x = np.random.default_rng(1).random((64, 1, 28, 28), dtype=np.float32)
+    radii = [ort.InferenceSession(str(v / "model.onnx"), providers=["CPUExecutionProvider"]).run(["radius"], {"input": x})[0]
+             for v in (exported, again)]
+    np.testing.assert_allclose(radii[1], radii[0] * SAFETY_FACTOR / 1.001, rtol=1e-5)

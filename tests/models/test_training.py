@@ -98,7 +98,7 @@ def test_fine_tuning_can_start_from_an_exported_model_version(tmp_path, trained_
 def test_an_exported_version_without_training_provenance_is_refused(tmp_path):
     (tmp_path / "gloro.json").write_text(json.dumps({"format_version": 1, "name": "x", "version": "1"}))
     with pytest.raises(checkpoint.CheckpointError, match="no usable training provenance"):
-        checkpoint.load_exported(tmp_path)
+        checkpoint.load_trained(tmp_path)
 
 
 @pytest.mark.integration
