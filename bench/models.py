@@ -17,9 +17,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from models.checkpoint import TrainConfig
+    from models.export import CertifiedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "server" / "model_repository"
@@ -83,6 +88,9 @@ def export_random(architecture: str, input_shape: tuple[int, int, int], classes:
     """Export a random-weight GloRo net with its sound certification head; returns model.onnx.
 
     model.safetensors and the training config go beside it, so `--backend torch` serves it too.
+    The graph is written again on every call, so it is always what this code's exporter writes;
+    only the weights and their sound bound (a minute for the 6C2F) are kept from an earlier call
+    with the same config.
     """
     from dataclasses import asdict
 
@@ -97,7 +105,7 @@ def export_random(architecture: str, input_shape: tuple[int, int, int], classes:
     config = TrainConfig(architecture=architecture, dataset="random", data_dir="", input_shape=list(input_shape),
                          classes=[str(i) for i in range(classes)], color_mode=color_mode, seed=seed,
                          eps=0.3 if color_mode == "L" else 36 / 255)
-    certified = CertifiedModel.from_gloro(config.build_model().eval())
+    certified = _earlier_export(folder, config) or CertifiedModel.from_gloro(config.build_model().eval())
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / "model.onnx"
     write_onnx(certified, input_shape, onnx_path)
@@ -116,6 +124,25 @@ def export_random(architecture: str, input_shape: tuple[int, int, int], classes:
     return onnx_path
 
 
+def _earlier_export(folder: Path, config: TrainConfig) -> CertifiedModel | None:
+    """The CertifiedModel an earlier export_random left in `folder` for the same config, or None."""
+    from dataclasses import asdict
+
+    from safetensors.torch import load_file
+
+    from models.export import CertifiedModel
+
+    try:
+        manifest = json.loads((folder / "gloro.json").read_text())
+        if manifest["provenance"]["config"] != json.loads(json.dumps(asdict(config))):
+            return None
+        certified = CertifiedModel.empty(config)
+        certified.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+        return certified.eval()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+
+
 def logits_only(onnx_path: Path, out: Path) -> Path:
     """The same graph cut at `logits`: the network without its certification head."""
     import onnx.utils
@@ -130,15 +157,6 @@ def shipped(name: str) -> Path | None:
     versions = sorted((p for p in folder.glob("*") if p.name.isdigit() and (p / "gloro.json").is_file()),
                       key=lambda p: int(p.name)) if folder.is_dir() else []
     return versions[-1] if versions else None
-
-
-def _intact(folder: Path) -> bool:
-    """A random-weight export from an earlier run, whose model.onnx still matches its manifest."""
-    try:
-        manifest = json.loads((folder / "gloro.json").read_text())
-        return manifest["onnx"]["sha256"] == sha256(folder / "model.onnx")
-    except (OSError, ValueError, KeyError):
-        return False
 
 
 def prepare(key: str, work: Path, use_shipped: bool = True) -> ModelCase:
@@ -162,10 +180,7 @@ def prepare(key: str, work: Path, use_shipped: bool = True) -> ModelCase:
         weights = f"shipped (trained), {source.relative_to(ROOT)}"
         architecture = json.loads((folder / "gloro.json").read_text()).get("architecture") or architecture
     else:
-        if not _intact(folder):  # the sound bound of a random 6C2F takes a minute: keep it
-            if folder.parent.exists():
-                shutil.rmtree(folder.parent)
-            export_random(architecture, shape, 10, folder, name)
+        export_random(architecture, shape, 10, folder, name)
         weights = "random (seed 0)"
     cut = logits_only(onnx_path, work / f"{key}-logits-only.onnx")
     return ModelCase(key, name, architecture, repository, onnx_path, cut, shape, weights, png)
