@@ -195,6 +195,7 @@ class ExportedVersion:
     tensors: dict[str, torch.Tensor]
     train_command: str | None = None
     safety_factor: float | None = None  # what its certificates were computed with
+    exports: tuple[dict[str, Any], ...] = ()  # date, code version and sha256 of its export and those before it
 
 
 def read_exported(folder: Path) -> ExportedVersion:
@@ -206,12 +207,16 @@ def read_exported(folder: Path) -> ExportedVersion:
         raw, epochs = dict(provenance["config"]), int(provenance["epochs"])
         command = provenance.get("train_command")
         factor = manifest.get("bound", {}).get("safety_factor")
+        earlier = provenance.get("earlier_exports")
+        earlier = [e for e in earlier if isinstance(e, dict)] if isinstance(earlier, list) else []
+        exports = (*earlier, {"date": provenance.get("date"), "code_version": provenance.get("code_version"),
+                              "sha256": manifest.get("onnx", {}).get("sha256")})
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
     config = _config_from(raw, f"{folder}/gloro.json")
     known = command if isinstance(command, str) and command != "unknown" else None
     factor = float(factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor >= 1 else None
-    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor)
+    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor, exports)
 
 
 def _exported_network(folder: Path) -> tuple[GloroNet, ExportedVersion]:
@@ -237,6 +242,7 @@ class Source:
     epochs: int  # all the epochs behind its weights
     train_command: str | None = None
     safety_factor: float | None = None
+    exports: tuple[dict[str, Any], ...] = ()  # an exported version's own export and those before it
 
 
 def load_source(folder: Path) -> Source:
@@ -244,7 +250,8 @@ def load_source(folder: Path) -> Source:
     folder = Path(folder)
     if (folder / "gloro.json").is_file():
         network, exported = _exported_network(folder)
-        return Source(network, exported.config, exported.epochs, exported.train_command, exported.safety_factor)
+        return Source(network, exported.config, exported.epochs, exported.train_command, exported.safety_factor,
+                      exported.exports)
     model, config, state = load_model(folder)
     return Source(model, config, trained_epochs(config, state))
 

@@ -131,6 +131,8 @@ def _check_target(out: Path, new_sha: str, force: bool) -> None:
 def model_card(manifest: dict[str, Any]) -> str:
     m, b, p = manifest["metrics"], manifest["bound"], manifest["provenance"]
     vra = ", ".join(f"{float(k):g}: {100 * v:.2f}%" for k, v in m["vra"].items())
+    earlier = "".join(f"- Exported before (the same weights): {e.get('date')} from code {e.get('code_version')}\n"
+                      for e in p.get("earlier_exports", ()))
     return (
         f"# {manifest['name']} (version {manifest['version']})\n\n"
         f"A GloRo net ({manifest['architecture']}) for {m['dataset']}: every prediction comes with an l2 "
@@ -141,6 +143,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"- Verified-robust accuracy (sound bound) by eps: {vra}\n"
         f"- Body Lipschitz bound k = {b['body_lipschitz']:.6g} (times safety factor {b['safety_factor']})\n"
         f"- Trained for {p['epochs']} epochs; exported {p['date']} from code {p['code_version']}\n"
+        f"{earlier}"
         f"- Training command: `{p['train_command']}`\n\n"
         "Measured by `gloro-serve export` with onnxruntime on the test set; see gloro.json.\n"
     )
@@ -155,12 +158,13 @@ def export_checkpoint(checkpoint_dir: Path, out: Path, eps: float | None = None,
     source = checkpoint.load_source(Path(checkpoint_dir))
     return export_model(source.model, source.config, Path(out), epochs=source.epochs, eps=eps, data_dir=data_dir,
                         test_subset=test_subset, train_command=train_command or source.train_command, force=force,
-                        safety_factor=source.safety_factor or SAFETY_FACTOR)
+                        safety_factor=source.safety_factor or SAFETY_FACTOR, earlier_exports=list(source.exports))
 
 
 def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, eps: float | None = None,
                  data_dir: str | None = None, test_subset: int | None = None, train_command: str | None = None,
-                 force: bool = False, safety_factor: float = SAFETY_FACTOR) -> dict[str, Any]:
+                 force: bool = False, safety_factor: float = SAFETY_FACTOR,
+                 earlier_exports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out = Path(out)
     name, version = out.parent.name, out.name
     if not version.isdigit() or int(version) < 1:
@@ -212,6 +216,7 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
                 "code_version": _code_version(),
                 "train_command": train_command or "unknown",
                 "config": asdict(config),
+                **({"earlier_exports": earlier_exports} if earlier_exports else {}),
             },
         }
         (tmp / "gloro.json").write_text(json.dumps(manifest, indent=1) + "\n")

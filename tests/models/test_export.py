@@ -168,6 +168,9 @@ def test_an_exported_version_re_exports_with_the_same_weights_bound_and_answers(
     assert second["metrics"] == first["metrics"]
     assert second["provenance"]["train_command"] == "pytest fixture"  # kept from the version, not "unknown"
     assert second["provenance"]["epochs"] == first["provenance"]["epochs"]
+    before = {k: first["provenance"][k] for k in ("date", "code_version")} | {"sha256": first["onnx"]["sha256"]}
+    assert second["provenance"]["earlier_exports"] == [before]
+    assert f"Exported before (the same weights): {before['date']}" in (again / "README.md").read_text()
     x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
     answers = [ort.InferenceSession(str(v / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})
                for v in (exported, again)]
