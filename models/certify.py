@@ -53,13 +53,15 @@ def plot_curve(curves: dict[str, Evaluation], max_eps: float, path: Path, title:
 
 def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: str | None, test_subset: int | None,
                        plot: Path | None, device: str = "auto") -> dict[str, Any]:
-    model, config, epochs = checkpoint.load_trained(Path(folder))
+    source = checkpoint.load_source(Path(folder))
+    model, config, epochs = source.model, source.config, source.epochs
+    factor = source.safety_factor or SAFETY_FACTOR  # an exported version's own: the one its certificates use
     dev = resolve_device(device)
     model.to(dev)
     eps_values = eps_values or sorted({config.eps, config.train_eps})
     test_set = data.load(config.dataset, data_dir or config.data_dir, train=False).subset(test_subset)
     started = time.perf_counter()
-    sound = evaluate(model, test_set, BoundMode.SOUND, device=dev)
+    sound = evaluate(model, test_set, BoundMode.SOUND, device=dev, safety_factor=factor)
     seconds = time.perf_counter() - started
     estimate = evaluate(model, test_set, BoundMode.ESTIMATE, device=dev)
     layers = model.body.named_bounds()
@@ -69,8 +71,8 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
         "checkpoint": str(folder), "architecture": config.architecture, "dataset": config.dataset,
         "epochs": epochs, "n": int(len(test_set.labels)),
         "clean_accuracy": sound.clean_accuracy,
-        "sound": {"body_lipschitz": model.body.lipschitz_bound() * SAFETY_FACTOR,
-                  "safety_factor": SAFETY_FACTOR, "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
+        "sound": {"body_lipschitz": model.body.lipschitz_bound() * factor,
+                  "safety_factor": factor, "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
         "estimate": {"body_lipschitz": float(model.body.lipschitz_estimate().detach()),
                      "vra": {f"{e:g}": estimate.vra(e) for e in eps_values}},
         "layers": layers,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from models.data import Dataset, to_float
-from models.gloro import BoundMode, GloroNet, RadiusHead
+from models.gloro import SAFETY_FACTOR, BoundMode, GloroNet, RadiusHead
 from models.numerics import exact_float32
 
 
@@ -36,11 +36,11 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: GloroNet, data: Dataset, mode: BoundMode = BoundMode.SOUND, batch_size: int = 1000,
-             device: str | torch.device = "cpu") -> Evaluation:
+             device: str | torch.device = "cpu", safety_factor: float = SAFETY_FACTOR) -> Evaluation:
     model.eval()
     predicted, radius = [], []
     with exact_float32():
-        head = RadiusHead(model.lipschitz_matrix(mode).detach()).to(device)
+        head = RadiusHead(model.lipschitz_matrix(mode, safety_factor).detach()).to(device)
         for start in range(0, len(data.labels), batch_size):
             x = to_float(data.images[start:start + batch_size]).to(device)
             label, r = head(model(x))

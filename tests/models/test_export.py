@@ -191,3 +191,19 @@ def test_a_re_export_keeps_the_safety_factor_its_version_was_certified_with(expo
     radii = [ort.InferenceSession(str(v / "model.onnx"), providers=["CPUExecutionProvider"]).run(["radius"], {"input": x})[0]
              for v in (exported, again)]
     np.testing.assert_allclose(radii[1], radii[0] * SAFETY_FACTOR / 1.001, rtol=1e-5)
+
+
+def test_certify_measures_a_version_under_the_safety_factor_it_was_exported_with(exported, tmp_path, mnist_dir):
+    from models.certify import certify_checkpoint
+
+    older = tmp_path / "tiny-2c2f" / "1"
+    shutil.copytree(exported, older)
+    manifest = json.loads((older / "gloro.json").read_text())
+    manifest["bound"]["safety_factor"] = 1.001
+    (older / "gloro.json").write_text(json.dumps(manifest))
+    again = tmp_path / "tiny-2c2f" / "2"
+    exported_metrics = export_checkpoint(older, again, test_subset=1000)["metrics"]
+    report = certify_checkpoint(again, [0.3, 0.45], str(mnist_dir), 1000, None, "cpu")
+    assert report["sound"]["safety_factor"] == 1.001
+    for eps in ("0.3", "0.45"):  # torch here, onnxruntime at export: one test point at most
+        assert report["sound"]["vra"][eps] == pytest.approx(exported_metrics["vra"][eps], abs=1 / 1000)
