@@ -198,6 +198,18 @@ class ExportedVersion:
     exports: tuple[dict[str, Any], ...] = ()  # date, code version and sha256 of its export and those before it
 
 
+def _safety_factor(manifest: dict[str, Any], folder: Path) -> float | None:
+    """The factor a version's certificates were computed with (None if its manifest does not say);
+    a malformed one is an error, not a reason to certify under another factor."""
+    bound = manifest.get("bound", {})
+    factor = bound.get("safety_factor") if isinstance(bound, dict) else bound
+    if factor is None:
+        return None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < float("inf"):
+        raise CheckpointError(f"{folder}/gloro.json: bound.safety_factor must be a number of at least 1, got {factor!r}")
+    return float(factor)
+
+
 def read_exported(folder: Path) -> ExportedVersion:
     """Read an exported version's gloro.json provenance and model.safetensors, or say what is wrong."""
     folder = Path(folder)
@@ -206,16 +218,16 @@ def read_exported(folder: Path) -> ExportedVersion:
         provenance = manifest["provenance"]
         raw, epochs = dict(provenance["config"]), int(provenance["epochs"])
         command = provenance.get("train_command")
-        factor = manifest.get("bound", {}).get("safety_factor")
         earlier = provenance.get("earlier_exports")
         earlier = [e for e in earlier if isinstance(e, dict)] if isinstance(earlier, list) else []
+        onnx_entry = manifest.get("onnx")
         exports = (*earlier, {"date": provenance.get("date"), "code_version": provenance.get("code_version"),
-                              "sha256": manifest.get("onnx", {}).get("sha256")})
+                              "sha256": onnx_entry.get("sha256") if isinstance(onnx_entry, dict) else None})
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
     config = _config_from(raw, f"{folder}/gloro.json")
     known = command if isinstance(command, str) and command != "unknown" else None
-    factor = float(factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor >= 1 else None
+    factor = _safety_factor(manifest, folder)
     return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor, exports)
 
 

@@ -169,3 +169,11 @@ def test_cpu_training_layout_is_channels_last_with_the_same_step(mnist_dir):
     torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [{"safety_factor": "1.005"}, {"safety_factor": 0.5}, {"safety_factor": True}, "x"])
+def test_an_exported_version_with_a_malformed_safety_factor_is_refused(tmp_path, bound):
+    provenance = {"config": {"architecture": "2c2f"}, "epochs": 3}
+    (tmp_path / "gloro.json").write_text(json.dumps({"provenance": provenance, "bound": bound}))
+    with pytest.raises(checkpoint.CheckpointError, match="bound.safety_factor must be a number of at least 1"):
+        checkpoint.load_trained(tmp_path)
