@@ -83,10 +83,12 @@ def measure(a: Path, b: Path, batches: list[int], rounds: int, round_s: float, t
     sessions = {"a": _session(a, threads), "b": _session(b, threads)}
     if [o.name for o in sessions["a"].get_outputs()] != [o.name for o in sessions["b"].get_outputs()]:
         raise SystemExit(f"{PROG}: error: {a} and {b} have different outputs; compare graphs of one model")
+    # the input's name looked up once, not in every timed call
+    runners = {k: (lambda data, s=s, name=s.get_inputs()[0].name: s.run(None, {name: data}))
+               for k, s in sessions.items()}
     rows = []
     for batch in batches:
         x = input_for(sessions["a"], batch)
-        runners = {k: (lambda data, s=s: s.run(None, {s.get_inputs()[0].name: data})) for k, s in sessions.items()}
         timed = compare(runners["b"], runners["a"], x, rounds, round_s)
         rows.append({"batch": batch, "a_us_per_image": timed["logits_only_us"] / batch,
                      "b_us_per_image": timed["head_us"] / batch, "b_over_a": timed["ratio"],

@@ -10,7 +10,7 @@ import numpy as np
 
 from models import checkpoint, data
 from models.evaluate import Evaluation, evaluate
-from models.gloro import SAFETY_FACTOR, BoundMode
+from models.gloro import BoundMode
 from models.train import resolve_device
 
 
@@ -54,8 +54,7 @@ def plot_curve(curves: dict[str, Evaluation], max_eps: float, path: Path, title:
 def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: str | None, test_subset: int | None,
                        plot: Path | None, device: str = "auto") -> dict[str, Any]:
     source = checkpoint.load_source(Path(folder))
-    model, config, epochs = source.model, source.config, source.epochs
-    factor = source.safety_factor or SAFETY_FACTOR  # an exported version's own: the one its certificates use
+    model, config, epochs, factor = source.model, source.config, source.epochs, source.safety_factor
     dev = resolve_device(device)
     model.to(dev)
     eps_values = eps_values or sorted({config.eps, config.train_eps})

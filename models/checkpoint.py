@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models import architectures
-from models.gloro import GloroNet
+from models.gloro import SAFETY_FACTOR, GloroNet
 
 FORMAT = 1
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
@@ -247,13 +247,13 @@ def _exported_network(folder: Path) -> tuple[GloroNet, ExportedVersion]:
 @dataclass(frozen=True)
 class Source:
     """A network to export or fine-tune from, with what its folder says about it. A training
-    checkpoint records neither a training command nor a safety factor (None)."""
+    checkpoint records no training command, and its certificates get the current safety factor."""
 
     model: GloroNet
     config: TrainConfig
     epochs: int  # all the epochs behind its weights
     train_command: str | None = None
-    safety_factor: float | None = None
+    safety_factor: float = SAFETY_FACTOR  # an exported version's own, where its manifest says
     exports: tuple[dict[str, Any], ...] = ()  # an exported version's own export and those before it
 
 
@@ -262,8 +262,8 @@ def load_source(folder: Path) -> Source:
     folder = Path(folder)
     if (folder / "gloro.json").is_file():
         network, exported = _exported_network(folder)
-        return Source(network, exported.config, exported.epochs, exported.train_command, exported.safety_factor,
-                      exported.exports)
+        return Source(network, exported.config, exported.epochs, exported.train_command,
+                      exported.safety_factor or SAFETY_FACTOR, exported.exports)
     model, config, state = load_model(folder)
     return Source(model, config, trained_epochs(config, state))
 

@@ -158,7 +158,7 @@ def export_checkpoint(checkpoint_dir: Path, out: Path, eps: float | None = None,
     source = checkpoint.load_source(Path(checkpoint_dir))
     return export_model(source.model, source.config, Path(out), epochs=source.epochs, eps=eps, data_dir=data_dir,
                         test_subset=test_subset, train_command=train_command or source.train_command, force=force,
-                        safety_factor=source.safety_factor or SAFETY_FACTOR, earlier_exports=list(source.exports))
+                        safety_factor=source.safety_factor, earlier_exports=list(source.exports))
 
 
 def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, eps: float | None = None,
