@@ -184,9 +184,14 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Each worker's part of a request that spanned its last batch: only that worker touches its slot.
         self._carries: list[Slice | None] = [None] * config.instances
-        # Requests each worker has taken into the batch it is still collecting: gloro_queue_depth
-        # counts them until the batch is complete. Only that worker writes its slot.
-        self._collecting = [0] * config.instances
+        # gloro_queue_depth is the requests queued or in a batch still being collected: those
+        # submitted (the event loop counts them) less those each worker has finished collecting
+        # into a batch (each worker counts its own in its slot) and those stop() refused. Counting
+        # only, each number written by one thread, there is no moment, as between a worker's
+        # get() and its count of what it holds, at which a request is in neither place.
+        self._submitted = 0
+        self._collected = [0] * config.instances
+        self._refused_at_stop = 0
         self._depth_lock = threading.Lock()
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -210,7 +215,7 @@ class Batcher:
         if self.metrics is None:
             return
         with self._depth_lock:
-            self.metrics.queue_depth.set(self._queue.qsize() + sum(self._collecting))
+            self.metrics.queue_depth.set(self._submitted - sum(self._collected) - self._refused_at_stop)
 
     def submit(self, inputs: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferenceRequest:
         if self._stopping:
@@ -220,6 +225,7 @@ class Batcher:
         now = self._clock()
         request = InferenceRequest(inputs, loop.create_future(), now, now + self.config.timeout)
         self._queue.put(request)
+        self._submitted += 1
         if self.metrics is not None:
             self.metrics.tally.refresh(self._show_depth)
         self._watch(request.deadline, request.future, loop)
@@ -272,6 +278,7 @@ class Batcher:
         left = [(c.request.future, Unavailable(message)) for c in self._carries if c is not None]
         while (request := self._take(0)) is not None:
             left.append((request.future, Unavailable(message)))
+            self._refused_at_stop += 1
         self._show_depth()
         if left:
             _hand_back(left)
@@ -284,11 +291,13 @@ class Batcher:
 
     def _work(self, worker: int) -> None:
         last_batch_requests = 0
+        taken = 0  # requests taken from the queue into the batch being collected
 
         def take(timeout: float) -> InferenceRequest | None:
+            nonlocal taken
             request = self._take(timeout)
             if request is not None:
-                self._collecting[worker] += 1
+                taken += 1
             return request
 
         while not (self._stopping and self._carries[worker] is None and self._queue.empty()):
@@ -304,8 +313,9 @@ class Batcher:
                 # less load waits the delay once, and the next batch expects fewer.
                 enough=last_batch_requests,
             )
-            if self._collecting[worker]:
-                self._collecting[worker] = 0
+            if taken:
+                self._collected[worker] += taken
+                taken = 0
                 self._show_depth()
             if batch:
                 last_batch_requests = len(batch)

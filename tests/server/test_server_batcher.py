@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -184,13 +185,36 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_sp
     assert batcher.depth() == 0
 
 
+class Gated(FakeBackend):
+    """Holds each batch until the test opens the gate, and shows when one is inside: the tests
+    wait on events, not on sleeps a loaded machine could outlast."""
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.inside = threading.Event()
+        self.gate = threading.Event()
+
+    def _forward(self, batch: np.ndarray):
+        self.inside.set()
+        if not self.gate.wait(10.0):
+            raise RuntimeError("the test never opened the gate")
+        return super()._forward(batch)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the batcher never got there"
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.integration
 def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(fake_spec) -> None:
     """Queue waits and radii are observed a batch at a time, the queue depth lowered once a
     batch: the totals are still one a request and one an image, and the depth returns to 0."""
     metrics = Metrics(CollectorRegistry())
-    batcher = Batcher("tiny", FakeBackend(fake_spec, delay_s=0.2), BatchConfig(max_batch_size=8, max_queue_delay=0.001),
-                      metrics.for_model("tiny"))
+    backend = Gated(fake_spec)
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=8, max_queue_delay=0.001), metrics.for_model("tiny"))
     batcher.start()
 
     def sample(name: str) -> float | None:
@@ -198,10 +222,12 @@ def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(f
 
     async def main() -> float | None:
         first = asyncio.ensure_future(batcher.infer(np.zeros((1, 1, 28, 28), np.float32)))
-        await asyncio.sleep(0.05)  # its batch is running
+        await asyncio.to_thread(backend.inside.wait, 10.0)  # its batch is running, held at the gate
         waiting = [asyncio.ensure_future(batcher.infer(np.zeros((2, 1, 28, 28), np.float32))) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.depth() == 3)
+        await asyncio.sleep(0.01)  # the event loop's once-an-iteration metrics writes
         depth_while_running = sample("gloro_queue_depth")
+        backend.gate.set()
         await asyncio.gather(first, *waiting)
         return depth_while_running
 
@@ -209,6 +235,7 @@ def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(f
     batcher.stop(1.0)
     assert depth_while_running == 3
     assert sample("gloro_queue_depth") == 0
+    assert backend.batch_sizes == [1, 6]
     assert sample("gloro_batch_size_count") == 2 and sample("gloro_batch_size_sum") == 7
     assert sample("gloro_queue_wait_seconds_count") == 4
     assert sample("gloro_certified_radius_count") == 7
@@ -217,21 +244,27 @@ def test_metrics_count_each_request_and_image_and_the_queue_while_a_batch_runs(f
 @pytest.mark.integration
 def test_the_queue_depth_counts_the_requests_of_a_batch_still_being_collected(fake_spec) -> None:
     metrics = Metrics(CollectorRegistry())
-    batcher = Batcher("tiny", FakeBackend(fake_spec), BatchConfig(max_batch_size=8, max_queue_delay=0.4),
-                      metrics.for_model("tiny"))
+    backend = FakeBackend(fake_spec)
+    # A batch waits up to 5 s for its 8 images: it is complete when the test sends the rest.
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=8, max_queue_delay=5.0), metrics.for_model("tiny"))
     batcher.start()
 
+    def send(n: int) -> list[asyncio.Future]:
+        return [asyncio.ensure_future(batcher.infer(np.zeros((1, 1, 28, 28), np.float32))) for _ in range(n)]
+
     async def main() -> tuple[float | None, int]:
-        answers = [asyncio.ensure_future(batcher.infer(np.zeros((1, 1, 28, 28), np.float32))) for _ in range(2)]
-        await asyncio.sleep(0.15)  # both taken into a batch that waits up to 0.4 s for more
+        answers = send(2)
+        await until(lambda: batcher.depth() == 0 and backend.batch_sizes == [])  # both taken, none run
+        await asyncio.sleep(0.01)
         shown, queued = metrics.registry.get_sample_value("gloro_queue_depth", {"model": "tiny"}), batcher.depth()
-        await asyncio.gather(*answers)
+        await asyncio.gather(*answers, *send(6))
         await asyncio.sleep(0)
         return shown, queued
 
     shown, queued = run(main())
     batcher.stop(1.0)
     assert (shown, queued) == (2, 0)
+    assert backend.batch_sizes == [8]
     assert metrics.registry.get_sample_value("gloro_queue_depth", {"model": "tiny"}) == 0
 
 
