@@ -287,14 +287,14 @@ def test_a_failing_batch_fails_only_its_own_requests(fake_spec) -> None:
 
 @pytest.mark.integration
 def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
-    backend = FakeBackend(fake_spec, delay_s=0.5)
+    backend = Gated(fake_spec)
     batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1, queue_size=2, timeout=0.2))
     batcher.start()
 
     async def main():
         x = np.zeros((1, 1, 28, 28), np.float32)
         first = asyncio.ensure_future(batcher.infer(x))
-        await asyncio.sleep(0.05)  # the worker is now busy with `first`
+        await asyncio.to_thread(backend.inside.wait, 10.0)  # the worker is now held with `first`
         queued = [asyncio.ensure_future(batcher.infer(x)) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull):
@@ -302,6 +302,7 @@ def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
         return await asyncio.gather(first, *queued, return_exceptions=True)
 
     results = run(main())
+    backend.gate.set()
     batcher.stop(2.0)
     assert all(isinstance(r, RequestTimeout) for r in results)
     assert backend.batch_sizes == [1]  # the expired ones were dropped, not run
