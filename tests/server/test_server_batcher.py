@@ -308,40 +308,40 @@ def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
     assert backend.batch_sizes == [1]  # the expired ones were dropped, not run
 
 
-class SlowFor(FakeBackend):
-    """Answers at once, except for batches holding an image of all ones: those take `delay_s`."""
+class HeldIfOnes(Gated):
+    """Answers at once, except that a batch holding an image of all ones waits at the gate."""
 
     def _forward(self, batch: np.ndarray):
-        self.batch_sizes.append(len(batch))
         if (batch == 1.0).all(axis=(1, 2, 3)).any():
-            time.sleep(self.delay_s)
-        m = len(self.spec.classes)
-        return BatchOutput(np.zeros((len(batch), m), np.float32), np.zeros(len(batch), np.int64),
-                           np.full(len(batch), 0.5, np.float32))
+            return super()._forward(batch)
+        return FakeBackend._forward(self, batch)
 
 
 @pytest.mark.integration
 def test_each_request_times_out_at_its_own_deadline_behind_answered_ones(fake_spec) -> None:
-    """Requests answered in time leave no deadline behind; a later one stuck in a slow batch gets
-    its 504 when its own timeout has passed, not earlier, not at the slow batch's end."""
-    backend = SlowFor(fake_spec, delay_s=1.0)
+    """Requests answered in time leave no deadline behind; a later one stuck in a batch that has
+    not ended gets its 504 when its own timeout has passed, not earlier."""
+    backend = HeldIfOnes(fake_spec)
     timeout = 0.3
     batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1, timeout=timeout))
     batcher.start()
-    quick, slow = np.zeros((1, 1, 28, 28), np.float32), np.ones((1, 1, 28, 28), np.float32)
+    quick, stuck = np.zeros((1, 1, 28, 28), np.float32), np.ones((1, 1, 28, 28), np.float32)
 
     async def main():
         answered = [await batcher.infer(quick) for _ in range(5)]
         await asyncio.sleep(0.1)
         started = time.monotonic()
         with pytest.raises(RequestTimeout, match="did not answer within 0.3 s"):
-            await batcher.infer(slow)
-        return answered, time.monotonic() - started
+            await batcher.infer(stuck)
+        return answered, time.monotonic() - started, backend.inside.is_set()
 
-    answered, waited = run(main())
+    answered, waited, was_running = run(main())
+    backend.gate.set()
     batcher.stop(2.0)
     assert [len(a) for a in answered] == [1] * 5
-    assert timeout - 0.01 <= waited < 0.8
+    # The 504 came at its deadline while its batch was held (the gate gives up after 10 s).
+    assert was_running and timeout - 0.01 <= waited < 5.0
+    assert backend.batch_sizes == [1] * 6  # the stuck one ran once the gate opened
 
 
 class ConcurrencyProbe(FakeBackend):
