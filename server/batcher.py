@@ -224,8 +224,8 @@ class Batcher:
             raise QueueFull(f"model {self.model} is overloaded: {self.config.queue_size} requests already queued")
         now = self._clock()
         request = InferenceRequest(inputs, loop.create_future(), now, now + self.config.timeout)
+        self._submitted += 1  # before the put: a worker may collect it before the next line
         self._queue.put(request)
-        self._submitted += 1
         if self.metrics is not None:
             self.metrics.tally.refresh(self._show_depth)
         self._watch(request.deadline, request.future, loop)
