@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.backends import BatchOutput
 from server.backends.fake import FakeBackend
 from server.batcher import BatchConfig, Batcher, InferenceRequest, Slice, collect_batch
 from server.errors import InferenceFailed, QueueFull, RequestTimeout, Unavailable
@@ -186,18 +185,20 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows(fake_sp
 
 
 class Gated(FakeBackend):
-    """Holds each batch until the test opens the gate, and shows when one is inside: the tests
-    wait on events, not on sleeps a loaded machine could outlast."""
+    """Holds each batch (or each that `holds`) until the test opens the gate, and shows when one
+    is inside: the tests wait on events, not on sleeps a loaded machine could outlast."""
 
-    def __init__(self, spec) -> None:
+    def __init__(self, spec, holds: Callable[[np.ndarray], bool] = lambda batch: True) -> None:
         super().__init__(spec)
+        self.holds = holds
         self.inside = threading.Event()
         self.gate = threading.Event()
 
     def _forward(self, batch: np.ndarray):
-        self.inside.set()
-        if not self.gate.wait(10.0):
-            raise RuntimeError("the test never opened the gate")
+        if self.holds(batch):
+            self.inside.set()
+            if not self.gate.wait(10.0):
+                raise RuntimeError("the test never opened the gate")
         return super()._forward(batch)
 
 
@@ -254,6 +255,7 @@ def test_the_queue_depth_counts_the_requests_of_a_batch_still_being_collected(fa
 
     async def main() -> tuple[float | None, int]:
         answers = send(2)
+        await asyncio.sleep(0)  # both submitted: their tasks ran before this one resumes
         await until(lambda: batcher.depth() == 0 and backend.batch_sizes == [])  # both taken, none run
         await asyncio.sleep(0.01)
         shown, queued = metrics.registry.get_sample_value("gloro_queue_depth", {"model": "tiny"}), batcher.depth()
@@ -308,20 +310,15 @@ def test_full_queue_refuses_at_once_and_slow_model_times_out(fake_spec) -> None:
     assert backend.batch_sizes == [1]  # the expired ones were dropped, not run
 
 
-class HeldIfOnes(Gated):
-    """Answers at once, except that a batch holding an image of all ones waits at the gate."""
-
-    def _forward(self, batch: np.ndarray):
-        if (batch == 1.0).all(axis=(1, 2, 3)).any():
-            return super()._forward(batch)
-        return FakeBackend._forward(self, batch)
+def holds_an_all_ones_image(batch: np.ndarray) -> bool:
+    return bool((batch == 1.0).all(axis=(1, 2, 3)).any())
 
 
 @pytest.mark.integration
 def test_each_request_times_out_at_its_own_deadline_behind_answered_ones(fake_spec) -> None:
     """Requests answered in time leave no deadline behind; a later one stuck in a batch that has
     not ended gets its 504 when its own timeout has passed, not earlier."""
-    backend = HeldIfOnes(fake_spec)
+    backend = Gated(fake_spec, holds=holds_an_all_ones_image)
     timeout = 0.3
     batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=1, timeout=timeout))
     batcher.start()
