@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -125,6 +127,21 @@ def describe_validation_errors(errors: list | tuple, limit: int = 3) -> str:
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     more = len(errors) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+Wire = TypeVar("Wire", bound=BaseModel)
+
+
+def parse_wire(model: type[Wire], data: bytes, what: str, invalid: Callable[[str], GloroError]) -> Wire:
+    """`data` (JSON) as `model`: BadRequest naming the JSON error if it is not JSON at all, else
+    `invalid(one line naming the fields at fault)` if it does not fit the model."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            raise BadRequest(f"{what} is not valid JSON: {errors[0]['msg']}") from None
+        raise invalid(describe_validation_errors(errors)) from None
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

@@ -6,12 +6,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from server.decode import decode_base64, decode_images, decode_pixel_lists, parse_epsilon
-from server.errors import BadRequest, InvalidInput, UnsupportedMediaType, describe_validation_errors
+from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
 from server.routes import Route, header, inline_schema, path_parameter, read_body
@@ -91,20 +90,10 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-def _validated(body: bytes) -> PredictRequest:
-    try:
-        return PredictRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors()
-        if errors and errors[0]["type"] == "json_invalid":
-            raise BadRequest(f"body is not valid JSON: {errors[0]['msg']}") from None
-        raise InvalidInput(describe_validation_errors(errors)) from None
-
-
 def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
     read = read_b64_request(body)  # the usual body, without pydantic
     if read is None:
-        request = _validated(body)
+        request = parse_wire(PredictRequest, body, "body", InvalidInput)
         images = [i for i in request.instances if not isinstance(i, list)]
         if not images:
             return decode_pixel_lists(request.instances, spec), request.epsilon, request.return_logits

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from server import package_version
 from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
-from server.errors import BadRequest, describe_validation_errors
+from server.errors import BadRequest, parse_wire
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -64,14 +63,8 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     return body[:n], memoryview(body)[n:]
 
 
-def _parse(header: bytes) -> InferRequest:
-    try:
-        return InferRequest.model_validate_json(header)
-    except ValidationError as exc:
-        errors = exc.errors()
-        if errors and errors[0]["type"] == "json_invalid":
-            raise BadRequest(f"inference header is not valid JSON: {errors[0]['msg']}") from None
-        raise BadRequest(f"inference request: {describe_validation_errors(errors)}") from None
+def _invalid_request(problems: str) -> BadRequest:
+    return BadRequest(f"inference request: {problems}")
 
 
 def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService) -> np.ndarray:
@@ -188,7 +181,7 @@ class OpenInferenceAPI:
         request.scope["gloro.model"] = service.spec.name
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
-        infer_request = _parse(json_part)
+        infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
         inputs = _input_tensor(infer_request, binary, service)
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)

@@ -114,6 +114,8 @@ def corpus(digit: np.ndarray) -> list[tuple[str, str, dict, int, str]]:
         ("v2 header length not a number", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), header_length="ten"), 400, "not an integer"),
         ("v2 NaN tensor", "/v2/models/tiny/infer", v2([1, 1, 28, 28], np.full((1, 1, 28, 28), np.nan, np.float32).tobytes()), 422, "finite"),
         ("v2 unknown output", "/v2/models/tiny/infer", v2([1, 1, 28, 28], x.tobytes(), extra={"outputs": [{"name": "secrets"}]}), 400, "unknown output 'secrets'"),
+        ("v2 invalid JSON", "/v2/models/tiny/infer", as_json('{"inputs": ['), 400, "inference header is not valid JSON"),
+        ("v2 without inputs", "/v2/models/tiny/infer", as_json("{}"), 400, "inference request: inputs: Field required"),
         ("v2 unknown input", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1]}]})), 400, "named 'input'"),
         ("v2 data count", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 10}]})), 400, "holds 10 values"),
         ("v2 no data", "/v2/models/tiny/infer", as_json(json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32"}]})), 400, "neither data nor"),
