@@ -126,10 +126,10 @@ def settle_heap(settings: ServerSettings) -> None:
 
 
 def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
-    from server.http_protocol import DrainingHttpProtocol
+    from server.http_protocol import ServingHttpProtocol
 
     return {
-        "http": DrainingHttpProtocol,
+        "http": ServingHttpProtocol,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

@@ -1,36 +1,89 @@
-"""The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with one change
-to how a draining server treats a connection that has no request in progress."""
+"""The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with two changes:
+a request head (request line and headers) has a size limit, and a draining server treats a
+connection that has no request in progress differently."""
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # How long a connection with no request in progress when the drain begins may take to send its
 # next one. A client that has just connected, or has just had an answer on a kept-alive
 # connection, sends its request at once: it is in the socket's buffer or one round trip away.
 NEXT_REQUEST_GRACE_S = 0.2
 
+# The most bytes a request's head may take beyond the read that began it. uvicorn's httptools
+# protocol sets no limit (its h11 protocol does, 16 KiB), so one client sending a header without
+# end grew the server's memory with every byte it sent (tests/server/test_server_hostile.py
+# sends 64 MiB). 64 KiB is four times what Node.js takes by default.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = 431
 
-class DrainingHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, except that when the server starts draining (SIGTERM, or a
-    worker retiring on SIGHUP) a connection with no request in progress is given
-    NEXT_REQUEST_GRACE_S to send one, which is answered with Connection: close; then it is closed.
 
-    uvicorn closes such connections as it stops accepting. A client that has just connected, or
-    that reuses a kept-alive connection for request after request, has its next request on the
-    way, and saw the connection closed with no answer: through SIGHUP replacements of `--workers
-    2`, 3 of 3,552 requests of 8 clients opening a connection a request, and 25 of 47,450 of 8
-    clients each keeping one connection; none with this class (`python -m bench.reload`;
-    docs/benchmarks.md, "Reloads"). A connection that sends nothing within the grace is closed
-    then, as HTTP/1.1 allows an idle one to be.
+class ServingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except:
+
+    - A request head over MAX_HEAD_BYTES is answered 431 (Request Header Fields Too Large) with
+      the server's JSON error body, and the connection closed, before the head is read further.
+      The parser keeps a header's bytes until the header ends, out of the app's sight, so the
+      limit is kept here: every read that arrives while a head is still incomplete counts, except
+      the read in which that request began (part of it may be the previous request's body), so
+      a head costs at most one read (250 KB with uvloop) more than the limit, and a request
+      under the limit is never refused.
+    - When the server starts draining (SIGTERM, or a worker retiring on SIGHUP) a connection
+      with no request in progress is given NEXT_REQUEST_GRACE_S to send one, which is answered
+      with Connection: close; then it is closed.
+
+      uvicorn closes such connections as it stops accepting. A client that has just connected,
+      or that reuses a kept-alive connection for request after request, has its next request on
+      the way, and saw the connection closed with no answer: through SIGHUP replacements of
+      `--workers 2`, 3 of 3,552 requests of 8 clients opening a connection a request, and 25 of
+      47,450 of 8 clients each keeping one connection; none with this class (`python -m
+      bench.reload`; docs/benchmarks.md, "Reloads"). A connection that sends nothing within the
+      grace is closed then, as HTTP/1.1 allows an idle one to be.
     """
 
     _draining = False
+    _in_head = False  # between a request's first byte and the end of its headers
+    _began = False  # a request began in the read being parsed
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._began = False
+        super().data_received(data)
+        if not self._in_head or self._began or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._began, self._head_bytes = True, True, 0
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answer it, then close
+
+    def _refuse_head(self) -> None:
+        self._refuse(HEAD_TOO_LARGE, f"request head (request line and headers) over the limit of {MAX_HEAD_BYTES} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, as the server's JSON error body."""
+        self._refuse(400, msg)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with `{"error": message}` and close the connection."""
+        body = orjson.dumps({"error": message})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def shutdown(self) -> None:
         if self.cycle is None or self.cycle.response_complete:  # no request in progress

@@ -8,6 +8,7 @@ import json
 import socket
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -193,3 +194,54 @@ def test_corpus_gets_4xx_json_errors_while_good_clients_get_200(server, mnist_te
     assert server.process.poll() is None
     assert httpx.get(server.url + "/readyz").status_code == 200
     assert 'status="500"' not in server.metrics()
+
+
+def send_head(port: int, parts: list[bytes], pause_s: float = 0.0) -> tuple[str, int]:
+    """Send a request head in `parts` (one write each), stopping if the server closes the
+    connection; return its answer (up to 4 KiB) and how many bytes went out."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            for part in parts:
+                s.sendall(part)
+                sent += len(part)
+                if pause_s:
+                    time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = s.recv(4096).decode(errors="replace")
+        except ConnectionResetError:
+            answer = ""
+    return answer, sent
+
+
+ENDLESS = 64 << 20  # bytes: what a head without end sends before giving up
+
+
+@pytest.mark.parametrize("start, filler", [
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 65536, id="one header without end"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n" * 8192, id="headers without end"),
+    pytest.param(b"GET /", b"a" * 65536, id="a path without end"),
+])
+def test_a_request_head_over_64_KiB_gets_431_and_is_not_read_further(server, start, filler) -> None:
+    answer, sent = send_head(server.port, [start] + [filler] * (ENDLESS // len(filler)))
+    assert answer.startswith("HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert answer.endswith('{"error":"request head (request line and headers) over the limit of 65536 bytes"}')
+    assert sent < ENDLESS // 8, f"the server read {sent} bytes of the head"
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_a_head_just_under_the_limit_is_served_even_when_it_comes_in_pieces(server) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000 + b"\r\n\r\n"
+    assert send_head(server.port, [head])[0].startswith("HTTP/1.1 200 OK\r\n")
+    pieces = [head[i:i + 4096] for i in range(0, len(head), 4096)]
+    assert send_head(server.port, pieces, pause_s=0.005)[0].startswith("HTTP/1.1 200 OK\r\n")
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(server) -> None:
+    answer, _ = send_head(server.port, [b"HELLO\r\n\r\n"])
+    head, body = answer.split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 400 Bad Request\r\n") and "content-type: application/json" in head
+    assert json.loads(body) == {"error": "Invalid HTTP request received."}
+    assert httpx.get(server.url + "/readyz").status_code == 200
