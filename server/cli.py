@@ -7,6 +7,7 @@ the environment are read here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import signal
@@ -129,7 +130,7 @@ def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
     from server.http_protocol import ServingHttpProtocol
 
     return {
-        "http": ServingHttpProtocol,
+        "http": functools.partial(ServingHttpProtocol, head_timeout_s=settings.head_timeout_s),
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

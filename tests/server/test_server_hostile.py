@@ -23,6 +23,7 @@ pytestmark = pytest.mark.e2e
 
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"]
 MAX_BODY = 1 << 20
+HEAD_TIMEOUT_S = 1.0
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -147,7 +148,7 @@ def lying_content_length(port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path):
     with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny",
-                        "--max-body-bytes", str(MAX_BODY)]) as process:
+                        "--max-body-bytes", str(MAX_BODY), "--head-timeout-s", str(HEAD_TIMEOUT_S)]) as process:
         yield process
     assert process.process.returncode == 0, process.output()
 
@@ -245,3 +246,37 @@ def test_a_request_that_is_not_http_gets_a_json_400(server) -> None:
     assert head.startswith("HTTP/1.1 400 Bad Request\r\n") and "content-type: application/json" in head
     assert json.loads(body) == {"error": "Invalid HTTP request received."}
     assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout(server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        opened = time.monotonic()
+        assert s.recv(4096) == b""  # closed by the server, with nothing to say
+        waited = time.monotonic() - opened
+    assert HEAD_TIMEOUT_S * 0.9 <= waited < HEAD_TIMEOUT_S + 10
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_head_timeout(server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        began = time.monotonic()
+        s.setblocking(False)
+        answer = b""
+        while time.monotonic() - began < 30 and not answer.endswith(b"}"):
+            try:
+                s.send(b"a")
+                chunk = s.recv(4096)
+            except BlockingIOError:
+                time.sleep(0.05)
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            answer += chunk
+            if not chunk:
+                break
+        waited = time.monotonic() - began
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408 Request Timeout\r\n") and "connection: close" in head
+    assert json.loads(body) == {"error": "request head not received within 1 s (--head-timeout-s)"}
+    assert HEAD_TIMEOUT_S * 0.9 <= waited < HEAD_TIMEOUT_S + 10
