@@ -130,7 +130,7 @@ def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
     from server.http_protocol import ServingHttpProtocol
 
     return {
-        "http": functools.partial(ServingHttpProtocol, head_timeout_s=settings.head_timeout_s),
+        "http": functools.partial(ServingHttpProtocol, read_timeout_s=settings.read_timeout_s),
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

@@ -1,6 +1,6 @@
 """The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with three changes:
-a request head (request line and headers) has a size limit and a time limit, and a draining
-server treats a connection that has no request in progress differently."""
+a request head (request line and headers) has a size limit, a request has a time limit to arrive,
+and a draining server treats a connection that has no request in progress differently."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ NEXT_REQUEST_GRACE_S = 0.2
 # sends 64 MiB). 64 KiB is four times what Node.js takes by default.
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TOO_LARGE = 431
-HEAD_TIMEOUT = 408
+READ_TIMEOUT = 408
 
 
 class ServingHttpProtocol(HttpToolsProtocol):
@@ -34,15 +34,15 @@ class ServingHttpProtocol(HttpToolsProtocol):
       the read in which that request began (part of it may be the previous request's body), so
       a head costs at most one read (250 KB with uvloop) more than the limit, and a request
       under the limit is never refused.
-    - A connection must send a whole request head within `head_timeout_s` (`--head-timeout-s`)
-      of opening, and a head that does not come in one read must end within that time of its
-      read: else the connection is closed, after a JSON 408 if part of a head came. uvicorn keeps
-      a connection that never sends a byte, or sends a head a byte at a time, open for ever:
-      enough of them would use up the process's file descriptors, and no one else could
-      connect. (Between requests uvicorn's keep-alive timeout closes an idle connection, 5 s.)
-      A connection starts
-      one timer when it opens, stopped by its first whole head; a later head that arrives in one
-      read, the usual case, starts none.
+    - A connection must send a whole request within `read_timeout_s` (`--read-timeout-s`) of
+      opening, and a request that does not come in one read must end within that time of its
+      first read: else a JSON 408 and the connection closed (just closed if not one byte came).
+      uvicorn keeps a connection that never sends a byte, or sends a request a byte at a time,
+      or stops in the middle of a body, open for ever, holding what came: enough of them would
+      use up the process's file descriptors or memory, and no one else could connect. (Between
+      requests uvicorn's keep-alive timeout closes an idle connection, 5 s.) A connection starts
+      one timer when it opens, stopped by its first whole request; a later request that arrives
+      in one read, the usual case, starts none.
     - When the server starts draining (SIGTERM, or a worker retiring on SIGHUP) a connection
       with no request in progress is given NEXT_REQUEST_GRACE_S to send one, which is answered
       with Connection: close; then it is closed.
@@ -57,21 +57,22 @@ class ServingHttpProtocol(HttpToolsProtocol):
     """
 
     _draining = False
+    _reading = False  # between a request's first byte and its last
     _in_head = False  # between a request's first byte and the end of its headers
     _began = False  # a request began in the read being parsed
     _head_bytes = 0
-    _head_timer: asyncio.TimerHandle | None = None
+    _read_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.head_timeout_s = head_timeout_s
+        self.read_timeout_s = read_timeout_s
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_read_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -79,36 +80,40 @@ class ServingHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
-        if not self._in_head:
-            if self._head_timer is not None:
-                self._stop_head_timer()
+        if not self._reading:
+            if self._read_timer is not None:
+                self._stop_read_timer()
             return
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
-        if self._began:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+        if not self._in_head or self._began:
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_head()
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _stop_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
         if self.transport.is_closing():
             return
-        if self._in_head:
-            self._refuse(HEAD_TIMEOUT, f"request head not received within {self.head_timeout_s:g} s "
-                                       "(--head-timeout-s)")
-        elif self.cycle is None:  # not one byte since the connection opened
-            self.transport.close()
+        if not self._reading:
+            if self.cycle is None:  # not one byte since the connection opened
+                self.transport.close()
+            return
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            self.transport.close()  # an answer (to this or an earlier request) is under way
+            return
+        self._refuse(READ_TIMEOUT, f"request not received in full within {self.read_timeout_s:g} s "
+                                   "(--read-timeout-s)")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._began, self._head_bytes = True, True, 0
+        self._reading, self._in_head, self._began, self._head_bytes = True, True, True, 0
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -116,8 +121,13 @@ class ServingHttpProtocol(HttpToolsProtocol):
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answer it, then close
 
+    def on_message_complete(self) -> None:
+        self._reading = False
+        super().on_message_complete()
+
     def _refuse_head(self) -> None:
-        self._refuse(HEAD_TOO_LARGE, f"request head (request line and headers) over the limit of {MAX_HEAD_BYTES} bytes")
+        self._refuse(HEAD_TOO_LARGE,
+                     f"request head (request line and headers) over the limit of {MAX_HEAD_BYTES} bytes")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse, as the server's JSON error body."""

@@ -95,10 +95,10 @@ class ServerSettings(BaseSettings):
     )
     log_level: LogLevel = Field("info", description="log level")
     access_log: bool = Field(False, description="log every request (slower)")
-    head_timeout_s: float = Field(
+    read_timeout_s: float = Field(
         60.0, gt=0, le=3600,
-        description="a connection that has not sent a whole request head this long after opening, or after "
-        "its head began, is closed (408 if part of one came)",
+        description="a request (head and body) must arrive in full within this time of its first byte, and "
+        "a new connection must send one within this time: else 408 and the connection closed",
     )
     drain_s: float = Field(
         20.0, ge=0, le=3600,

@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM"]
 MAX_BODY = 1 << 20
-HEAD_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 1.0
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -145,12 +146,16 @@ def lying_content_length(port: int) -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def server(tiny_repo: Path):
-    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny",
-                        "--max-body-bytes", str(MAX_BODY), "--head-timeout-s", str(HEAD_TIMEOUT_S)]) as process:
+def tiny_server(tiny_repo: Path, *flags: str) -> Iterator[ServerProcess]:
+    """The tiny model served with `flags`; the server must exit 0 when stopped."""
+    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", *flags]) as process:
         yield process
     assert process.process.returncode == 0, process.output()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo: Path) -> Iterator[ServerProcess]:
+    yield from tiny_server(tiny_repo, "--max-body-bytes", str(MAX_BODY))
 
 
 def test_corpus_gets_4xx_json_errors_while_good_clients_get_200(server, mnist_test) -> None:
@@ -248,35 +253,73 @@ def test_a_request_that_is_not_http_gets_a_json_400(server) -> None:
     assert httpx.get(server.url + "/readyz").status_code == 200
 
 
-def test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout(server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        opened = time.monotonic()
-        assert s.recv(4096) == b""  # closed by the server, with nothing to say
-        waited = time.monotonic() - opened
-    assert HEAD_TIMEOUT_S * 0.9 <= waited < HEAD_TIMEOUT_S + 10
-    assert httpx.get(server.url + "/readyz").status_code == 200
+@pytest.fixture(scope="module")
+def impatient_server(tiny_repo: Path) -> Iterator[ServerProcess]:
+    """A server that gives a request READ_TIMEOUT_S to arrive."""
+    yield from tiny_server(tiny_repo, "--read-timeout-s", str(READ_TIMEOUT_S))
 
 
-def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_head_timeout(server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        began = time.monotonic()
-        s.setblocking(False)
-        answer = b""
-        while time.monotonic() - began < 30 and not answer.endswith(b"}"):
-            try:
-                s.send(b"a")
-                chunk = s.recv(4096)
-            except BlockingIOError:
-                time.sleep(0.05)
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            answer += chunk
-            if not chunk:
-                break
-        waited = time.monotonic() - began
+def read_until_closed(s: socket.socket, drip: bytes = b"", limit_s: float = 30) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, sending `drip` every 50 ms meanwhile;
+    and the seconds that took."""
+    began = time.monotonic()
+    s.setblocking(False)
+    answer = b""
+    while time.monotonic() - began < limit_s:
+        try:
+            if drip:
+                s.send(drip)
+            chunk = s.recv(4096)
+        except BlockingIOError:
+            time.sleep(0.05)
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        answer += chunk
+    return answer, time.monotonic() - began
+
+
+def json_error(answer: bytes, status_line: str) -> str:
     head, _, body = answer.decode().partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.1 408 Request Timeout\r\n") and "connection: close" in head
-    assert json.loads(body) == {"error": "request head not received within 1 s (--head-timeout-s)"}
-    assert HEAD_TIMEOUT_S * 0.9 <= waited < HEAD_TIMEOUT_S + 10
+    assert head.startswith(status_line + "\r\n") and "connection: close" in head, head
+    return json.loads(body)["error"]
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_read_timeout(impatient_server) -> None:
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=30) as s:
+        answer, waited = read_until_closed(s)
+    assert answer == b""  # nothing to say to a connection that said nothing
+    assert READ_TIMEOUT_S * 0.9 <= waited < READ_TIMEOUT_S + 10
+    assert httpx.get(impatient_server.url + "/readyz").status_code == 200
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_read_timeout(impatient_server) -> None:
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        answer, waited = read_until_closed(s, drip=b"a")
+    error = json_error(answer, "HTTP/1.1 408 Request Timeout")
+    assert error == "request not received in full within 1 s (--read-timeout-s)"
+    assert READ_TIMEOUT_S * 0.9 <= waited < READ_TIMEOUT_S + 10
+
+
+def test_a_body_that_stops_halfway_gets_408_and_frees_its_connection(impatient_server, mnist_test) -> None:
+    png = png_bytes(mnist_test[0][0])
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=30) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  + f"Content-Length: {len(png)}\r\n\r\n".encode() + png[: len(png) // 2])
+        answer, waited = read_until_closed(s)
+    assert "within 1 s" in json_error(answer, "HTTP/1.1 408 Request Timeout")
+    assert READ_TIMEOUT_S * 0.9 <= waited < READ_TIMEOUT_S + 10
+    r = httpx.post(impatient_server.url + "/v1/predict", content=png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and 'status="500"' not in impatient_server.metrics()
+
+
+def test_a_request_that_comes_in_pieces_within_the_read_timeout_is_answered(impatient_server, mnist_test) -> None:
+    png = png_bytes(mnist_test[0][0])
+    request = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+               + f"Content-Length: {len(png)}\r\n\r\n".encode() + png)
+    pieces = [request[i:i + 64] for i in range(0, len(request), 64)]
+    answer, _ = send_head(impatient_server.port, pieces, pause_s=READ_TIMEOUT_S / 4 / len(pieces))
+    assert answer.startswith("HTTP/1.1 200 OK\r\n") and '"label"' in answer
