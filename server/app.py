@@ -105,7 +105,8 @@ class GloroApp(FastAPI):
 
 def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
     """Outermost first: metrics, then the API key (when one is set), the body limit, dispatch."""
-    inner: ASGIApp = BodyLimit(DirectDispatch(app.through_fastapi, direct_routes(app)), settings.max_body_bytes)
+    inner: ASGIApp = BodyLimit(DirectDispatch(app.through_fastapi, direct_routes(app)), settings.max_body_bytes,
+                               settings.max_bytes_in_flight)
     if settings.api_key is not None:
         inner = ApiKey(inner, settings.api_key.get_secret_value())
     return RequestMetrics(inner, metrics)

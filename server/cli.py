@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _describe(exc: ValidationError, from_flags: set[str]) -> str:
     parts = []
     for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "settings"
+        if not err["loc"]:  # a check across settings names them itself
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(err["loc"][0])
         where = "--" + name.replace("_", "-") if name in from_flags else f"GLORO_{name.upper()}"
         parts.append(f"{where}: {err['msg']} (got {str(err.get('input'))[:60]!r})")
     return "; ".join(parts)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "mnist-2c2f"
@@ -90,6 +90,11 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=1 << 31, description="larger request bodies answer 413"
     )
+    max_bytes_in_flight: int = Field(
+        256 * 1024 * 1024, ge=1024, le=1 << 40,
+        description="request body bytes one server process may hold at once, summed over the requests it is "
+        "reading or answering; a body that would pass it answers 503 (at least --max-body-bytes)",
+    )
     default_model: str = Field(
         DEFAULT_MODEL, description="model served by /v1/predict (must be in the repository)"
     )
@@ -104,6 +109,15 @@ class ServerSettings(BaseSettings):
         20.0, ge=0, le=3600,
         description="on SIGTERM, how long accepted requests may take to finish before the process exits",
     )
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_flight(self) -> ServerSettings:
+        if self.max_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"--max-bytes-in-flight ({self.max_bytes_in_flight}) must be at least --max-body-bytes "
+                f"({self.max_body_bytes}), or no body of the largest size allowed could be read"
+            )
+        return self
 
     def intra_op_threads(self) -> int:
         """--threads, or for 0: the backend's own default (0) when one thread in one process runs

@@ -49,6 +49,7 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--backend", "tensorflow"], "--backend:"),
         (["--max-batch-size", "0"], "--max-batch-size:"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--max-bytes-in-flight", "2000"], "--max-bytes-in-flight (2000) must be at least --max-body-bytes (8388608)"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -323,3 +323,36 @@ def test_a_request_that_comes_in_pieces_within_the_read_timeout_is_answered(impa
     pieces = [request[i:i + 64] for i in range(0, len(request), 64)]
     answer, _ = send_head(impatient_server.port, pieces, pause_s=READ_TIMEOUT_S / 4 / len(pieces))
     assert answer.startswith("HTTP/1.1 200 OK\r\n") and '"label"' in answer
+
+
+@pytest.fixture(scope="module")
+def frugal_server(tiny_repo: Path) -> Iterator[ServerProcess]:
+    """A server that holds at most two largest bodies at once, and gives a request 5 s to arrive."""
+    yield from tiny_server(tiny_repo, "--max-body-bytes", str(MAX_BODY), "--max-bytes-in-flight", str(2 * MAX_BODY),
+                           "--read-timeout-s", "5")
+
+
+def test_bodies_in_flight_past_the_limit_get_503_until_the_stalled_ones_time_out(frugal_server, mnist_test) -> None:
+    pixels = json.dumps({"instances": [(mnist_test[0][0] / 255.0)[None].tolist()]}).encode()
+    padded = pixels + b" " * (300_000 - len(pixels))  # valid JSON of 300,000 bytes
+    small = {"content": png_bytes(mnist_test[0][0]), "headers": {"Content-Type": "image/png"}}
+    url = frugal_server.url + "/v1/predict"
+    stalled = [socket.create_connection(("127.0.0.1", frugal_server.port), timeout=30) for _ in range(2)]
+    try:
+        for s in stalled:  # 0.9 of the largest body each, then nothing more
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {MAX_BODY}\r\n\r\n".encode() + b" " * (MAX_BODY * 9 // 10))
+        deadline = time.monotonic() + 4
+        while (r := httpx.post(url, content=padded, headers={"Content-Type": "application/json"})).status_code == 200:
+            assert time.monotonic() < deadline, "the stalled bodies were never counted"
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "(--max-bytes-in-flight)" in r.json()["error"]
+        assert httpx.post(url, **small).status_code == 200  # a small body still fits
+        for s in stalled:  # the read timeout ends them, and frees what they held
+            answer, _ = read_until_closed(s)
+            assert "within 5 s" in json_error(answer, "HTTP/1.1 408 Request Timeout")
+    finally:
+        for s in stalled:
+            s.close()
+    r = httpx.post(url, content=padded, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] >= 0
