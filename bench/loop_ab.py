@@ -37,14 +37,15 @@ PROG = "python -m bench.loop_ab"
 # request, until stdin closes. Only names that every checkout since bench.gc_cost has.
 CHILD = """
 import asyncio, json, sys, time
+from pathlib import Path
 from bench.gc_cost import CONCURRENT, one_request
-from bench.models import ROOT, prepare
+from bench.models import prepare
 from server.app import create_app
 from server.cli import settle_heap
 from server.settings import ServerSettings
 
-model, batches = sys.argv[1], int(sys.argv[2])
-case = prepare(model, ROOT / "bench" / "results" / "tmp")
+model, batches, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+case = prepare(model, work)  # a folder of its own: two children laying out one folder at once raced
 settings = ServerSettings(repository=case.repository, default_model=case.name, threads=1)
 app = create_app(settings)
 
@@ -82,10 +83,12 @@ def compare(model: str, roots: dict[str, Path], windows: int, batches: int) -> d
 
     children: dict[str, subprocess.Popen] = {}
     folders = [tempfile.TemporaryDirectory(prefix="gloro-bench-") for _ in roots]
+    works = [tempfile.TemporaryDirectory(prefix="gloro-bench-models-") for _ in roots]
     try:
-        for (side, root), folder in zip(roots.items(), folders):
+        for (side, root), folder, work in zip(roots.items(), folders, works):
             env = {**os.environ, MULTIPROCESS_DIR_VARIABLE: folder.name, "PYTHONPATH": str(root)}
-            children[side] = subprocess.Popen([sys.executable, "-c", CHILD, model, str(batches)], cwd=root, env=env,
+            children[side] = subprocess.Popen([sys.executable, "-c", CHILD, model, str(batches), work.name], cwd=root,
+                                              env=env,
                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                               text=True)
         name = {side: _read(child)["ready"] for side, child in children.items()}
@@ -100,7 +103,7 @@ def compare(model: str, roots: dict[str, Path], windows: int, batches: int) -> d
         for child in children.values():
             child.stdin.close()  # type: ignore[union-attr]
             child.wait(30)
-        for folder in folders:
+        for folder in folders + works:
             folder.cleanup()
     this, other = list(roots)
     return {"model": next(iter(name.values())), "concurrent_requests": 64, "windows": windows,
