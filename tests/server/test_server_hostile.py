@@ -321,7 +321,7 @@ def test_a_request_that_comes_in_pieces_within_the_read_timeout_is_answered(impa
     request = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                + f"Content-Length: {len(png)}\r\n\r\n".encode() + png)
     pieces = [request[i:i + 64] for i in range(0, len(request), 64)]
-    answer, _ = send_head(impatient_server.port, pieces, pause_s=READ_TIMEOUT_S / 4 / len(pieces))
+    answer, _ = send_head(impatient_server.port, pieces, pause_s=READ_TIMEOUT_S / 10 / len(pieces))
     assert answer.startswith("HTTP/1.1 200 OK\r\n") and '"label"' in answer
 
 
