@@ -80,9 +80,14 @@ class RepositoryError(Exception):
     """The model repository cannot be served; raised at start, never per request."""
 
 
+def error_body(message: str) -> bytes:
+    """Every error's JSON body, in the app and below it (server/http_protocol.py)."""
+    return orjson.dumps({"error": message})
+
+
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps({"error": message}),
+        error_body(message),
         status_code=status,
         media_type="application/json",
         headers=dict(headers) if headers else None,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from server.errors import error_body
 
 # How long a connection with no request in progress when the drain begins may take to send its
 # next one. A client that has just connected, or has just had an answer on a kept-alive
@@ -135,7 +136,7 @@ class ServingHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with `{"error": message}` and close the connection."""
-        body = orjson.dumps({"error": message})
+        body = error_body(message)
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
