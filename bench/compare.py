@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench import machine
-from bench.models import ROOT, prepare
-from bench.serving import Target, ceiling_backends, median_ratio, running, serve_command, side_by_side
+from bench.models import ROOT, ModelCase, prepare
+from bench.serving import (Running, Target, ceiling_backends, median_ratio, running, serve_command,
+                           side_by_side)
 
 PROG = "python -m bench.compare"
 
@@ -73,6 +74,25 @@ def checkout(revision: str, work: Path) -> Iterator[Path]:
         subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, capture_output=True)
 
 
+def parse_specs(texts: list[str]) -> list[ServerSpec]:
+    specs = [parse_spec(text) for text in texts]
+    if len({s.label for s in specs}) != len(specs):
+        raise CompareError("each --server needs its own LABEL")
+    return specs
+
+
+def start_servers(stack: ExitStack, specs: list[ServerSpec], case: ModelCase, work: Path,
+                  tag: str) -> dict[str, Running]:
+    """Each server named, started (a revision's from its own worktree) and answering, until `stack` closes."""
+    serve = serve_command(case)
+    servers: dict[str, Running] = {}
+    for spec in specs:
+        cwd = stack.enter_context(checkout(spec.revision, work)) if spec.revision else ROOT
+        target = Target(spec.label, spec.label, [*serve, *spec.flags], "/v1/predict", cwd)
+        servers[spec.label] = stack.enter_context(running(target, case, work / f"{tag}-{spec.label}.log"))
+    return servers
+
+
 def summarise(per_round: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for label in labels:
@@ -94,13 +114,8 @@ def compare(specs: list[ServerSpec], model: str, connections: int, duration_s: f
             batch_size: int, work: Path, client: str) -> dict[str, Any]:
     case = prepare(model, work)
     models = ceiling_backends(case, "onnxruntime", "cpu")
-    serve = serve_command(case)
     with ExitStack() as stack:
-        servers = {}
-        for spec in specs:
-            cwd = stack.enter_context(checkout(spec.revision, work)) if spec.revision else ROOT
-            target = Target(spec.label, spec.label, [*serve, *spec.flags], "/v1/predict", cwd)
-            servers[spec.label] = stack.enter_context(running(target, case, work / f"compare-{spec.label}.log"))
+        servers = start_servers(stack, specs, case, work, "compare")
         per_round = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
                                  batch_size, f"{case.key} compare")
     labels = [s.label for s in specs]
@@ -133,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "compare.json")
     args = p.parse_args(argv)
     try:
-        specs = [parse_spec(text) for text in args.server]
-        if len({s.label for s in specs}) != len(specs):
-            raise CompareError("each --server needs its own LABEL")
+        specs = parse_specs(args.server)
         work = args.out.resolve().parent / "tmp" / "compare"
         work.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()

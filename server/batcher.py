@@ -3,7 +3,8 @@
 Requests are typed envelopes whose future exists before they are queued. Each worker thread
 collects a batch with `collect_batch` (a plain function with an injectable clock, unit-tested
 without a server), runs one forward pass off the event loop, and hands each request its rows.
-A request with more images than fit in a batch spans batches. Names follow Triton:
+A request with more images than fit in a batch spans batches, sharing each with the requests
+queued behind it (`collect_batch`). Names follow Triton:
 max_batch_size, max_queue_delay, queue size, timeout, and instances (instance_group count): that
 many workers share the queue and the one loaded backend, each running its own batches.
 """
@@ -17,7 +18,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,9 @@ class Slice:
     start: int
     stop: int
 
+    def __len__(self) -> int:
+        return self.stop - self.start
+
     @property
     def whole(self) -> bool:
         return self.start == 0 and self.stop == len(self.request)
@@ -84,49 +88,81 @@ def collect_batch(
     max_batch_size: int,
     max_queue_delay: float,
     clock: Clock,
-    carry: Slice | None = None,
+    carried: Sequence[Slice] = (),
     idle_wait: float = 0.1,
     enough: int = 0,
-) -> tuple[list[Slice], Slice | None]:
-    """Collect up to `max_batch_size` images; return the batch and what did not fit.
+) -> tuple[list[Slice], list[Slice]]:
+    """Collect up to `max_batch_size` images; return the batch and the parts of requests that did
+    not fit, oldest first, to be `carried` into the next batch.
 
     `take(timeout)` returns the next queued request, waiting at most `timeout` seconds (0: do not
-    wait), or None. The batch starts with `carry` (the rest of a request that spanned the last
-    batch), else waits up to `idle_wait` for a first request. It then takes more until it is
-    full or `max_queue_delay` has passed since its first request was queued; after that it still
-    takes whatever is already waiting. Once it holds `enough` requests (0: no such number) it
-    stops waiting and takes only what is already waiting: the worker passes the size of its last
-    batch, as many as are likely to be coming. Requests already answered or past their deadline
-    are dropped.
+    wait), or None. Requests already answered or past their deadline are dropped.
+
+    With nothing carried, the batch waits up to `idle_wait` for a first request, then takes more
+    until it is full or `max_queue_delay` has passed since its first request was queued; after
+    that it still takes whatever is already waiting. Once it holds `enough` requests (0: no such
+    number) it stops waiting and takes only what is already waiting: the worker passes the size of
+    its last batch, as many as are likely to be coming.
+
+    With parts carried from a request too large for one batch, it does not wait: the requests
+    already waiting take their places first, then the carried parts fill the rest, the oldest
+    first, with at least half of the batch between them (or all they have left, if less). So a
+    request of thousands of images does not hold every request behind it until its last batch,
+    and still advances by half a batch or more each time.
     """
+    now = clock()
+    carried = [c for c in carried if not c.request.abandoned(now)]
+    if not carried:
+        return _collect_new(take, max_batch_size, max_queue_delay, clock, idle_wait, enough)
+    batch: list[Slice] = []
+    left = sum(len(c) for c in carried)
+    room = max_batch_size - min(left, (max_batch_size + 1) // 2)  # for the requests waiting
+    while room > 0 and (request := take(0.0)) is not None:
+        if request.abandoned(clock()):
+            continue
+        part = min(room, len(request))
+        batch.append(Slice(request, 0, part))
+        if part < len(request):
+            carried.append(Slice(request, part, len(request)))
+        room -= part
+    room = max_batch_size - sum(len(s) for s in batch)
+    rest: list[Slice] = []
+    for c in carried:
+        part = min(room, len(c))
+        if part:
+            batch.append(Slice(c.request, c.start, c.start + part))
+            room -= part
+        if part < len(c):
+            rest.append(Slice(c.request, c.start + part, c.stop))
+    return batch, rest
+
+
+def _collect_new(take: Take, max_batch_size: int, max_queue_delay: float, clock: Clock, idle_wait: float,
+                 enough: int) -> tuple[list[Slice], list[Slice]]:
+    """`collect_batch` with nothing carried."""
     batch: list[Slice] = []
     size = 0
-    pending = carry if carry is not None and not carry.request.abandoned(clock()) else None
     first_enqueued: float | None = None
     while True:
-        if pending is None:
-            if first_enqueued is None:
-                request = take(idle_wait)
-            else:
-                waited_enough = 0 < enough <= len(batch)
-                request = take(0.0 if waited_enough else max(0.0, first_enqueued + max_queue_delay - clock()))
-            if request is None:
-                return batch, None
-            if request.abandoned(clock()):
-                continue
-            pending = Slice(request, 0, len(request))
         if first_enqueued is None:
-            first_enqueued = pending.request.enqueued_at
+            request = take(idle_wait)
+        else:
+            waited_enough = 0 < enough <= len(batch)
+            request = take(0.0 if waited_enough else max(0.0, first_enqueued + max_queue_delay - clock()))
+        if request is None:
+            return batch, []
+        if request.abandoned(clock()):
+            continue
+        if first_enqueued is None:
+            first_enqueued = request.enqueued_at
         room = max_batch_size - size
-        if pending.stop - pending.start > room:
-            split = pending.start + room
-            batch.append(Slice(pending.request, pending.start, split))
-            return batch, Slice(pending.request, split, pending.stop)
-        batch.append(pending)
-        size += pending.stop - pending.start
-        pending = None
+        if len(request) > room:
+            batch.append(Slice(request, 0, room))
+            return batch, [Slice(request, room, len(request))]
+        batch.append(Slice(request, 0, len(request)))
+        size += len(request)
         if size == max_batch_size:
-            return batch, None
+            return batch, []
 
 
 def _resolve_all(outcomes: list[tuple[asyncio.Future, BatchOutput | BaseException]]) -> None:
@@ -182,8 +218,8 @@ class Batcher:
         self._waiting: deque[tuple[float, asyncio.Future]] = deque()
         self._reaper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Each worker's part of a request that spanned its last batch: only that worker touches its slot.
-        self._carries: list[Slice | None] = [None] * config.instances
+        # Each worker's parts of requests that spanned its last batch: only that worker touches its slot.
+        self._carried: list[list[Slice]] = [[] for _ in range(config.instances)]
         # gloro_queue_depth is the requests queued or in a batch still being collected: those
         # submitted (the event loop counts them) less those each worker has finished collecting
         # into a batch (each worker counts its own in its slot) and those stop() refused. Counting
@@ -275,7 +311,7 @@ class Batcher:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         message = "the server shut down before this request ran"
-        left = [(c.request.future, Unavailable(message)) for c in self._carries if c is not None]
+        left = [(c.request.future, Unavailable(message)) for carried in self._carried for c in carried]
         while (request := self._take(0)) is not None:
             left.append((request.future, Unavailable(message)))
             self._refused_at_stop += 1
@@ -300,13 +336,13 @@ class Batcher:
                 taken += 1
             return request
 
-        while not (self._stopping and self._carries[worker] is None and self._queue.empty()):
-            batch, self._carries[worker] = collect_batch(
+        while not (self._stopping and not self._carried[worker] and self._queue.empty()):
+            batch, self._carried[worker] = collect_batch(
                 take,
                 max_batch_size=self.config.max_batch_size,
                 max_queue_delay=self.config.max_queue_delay,
                 clock=self._clock,
-                carry=self._carries[worker],
+                carried=self._carried[worker],
                 # With n clients each waiting for its answer, a batch of n is all that is coming:
                 # waiting max_queue_delay for more would only add latency (2 ms a batch for one or
                 # two clients). More load shows as more requests already waiting, which are taken;

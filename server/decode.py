@@ -7,10 +7,12 @@ the pixels the model saw.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import io
 import math
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,10 @@ CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX"}
 MAX_8BIT = np.float32(255.0)  # divide (as torchvision does), not multiply by 1/255: exact rounding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# How long decoding one request may hold the event loop before the other requests get a turn. A
+# request may carry 4096 images: decoded at once they kept every other client of the process
+# waiting 0.1-0.2 s (MNIST PNGs; `python -m bench.fairness`, docs/server.md "Large requests").
+TURN_S = 0.002
 # PNG colour type that, at 8 bits, already is each model colour mode: no conversion to guess.
 PNG_COLOR_TYPE = {"L": 0, "RGB": 2}
 
@@ -128,13 +134,42 @@ def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int
         np.divide(pixels.reshape(h, w, c).transpose(2, 0, 1), MAX_8BIT, out=out[index])
 
 
+class Turns:
+    """For work a request does item by item on the event loop: `await turns.between()` after each
+    item lets the loop run its other work (other requests) once this one has had TURN_S."""
+
+    __slots__ = ("_ends",)
+
+    def __init__(self) -> None:
+        self._ends = time.perf_counter() + TURN_S
+
+    async def between(self) -> None:
+        if time.perf_counter() > self._ends:
+            await asyncio.sleep(0)
+            self._ends = time.perf_counter() + TURN_S
+
+
+def _new_batch(n: int, spec: InputSpec) -> np.ndarray:
+    if not n:
+        raise InvalidInput("no image in the request")
+    return np.empty((n, *spec.shape), dtype=np.float32)
+
+
 def decode_images(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
     """Encoded images (PNG, JPEG, ...) to one float32 batch in the model's colour mode."""
-    if not files:
-        raise InvalidInput("no image in the request")
-    out = np.empty((len(files), *spec.shape), dtype=np.float32)
+    out = _new_batch(len(files), spec)
     for i, data in enumerate(files):
         _decode_image_into(data, spec, out, i)
+    return out
+
+
+async def decode_images_in_turns(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
+    """`decode_images` on the event loop, taking `Turns` with the other requests."""
+    out = _new_batch(len(files), spec)
+    turns = Turns()
+    for i, data in enumerate(files):
+        _decode_image_into(data, spec, out, i)
+        await turns.between()
     return out
 
 
@@ -147,10 +182,12 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
 
 
-def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models)."""
+async def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
+    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models), converted on
+    the event loop in `Turns`."""
     c, h, w = spec.shape
-    out = np.empty((len(instances), c, h, w), dtype=np.float32)
+    out = _new_batch(len(instances), spec)
+    turns = Turns()
     for i, instance in enumerate(instances):
         try:
             array = np.asarray(instance, dtype=np.float32)
@@ -163,6 +200,7 @@ def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
         if array.shape != (c, h, w):
             raise InvalidInput(f"instance {i}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
         out[i] = array
+        await turns.between()
     return check_pixels(out)
 
 

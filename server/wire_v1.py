@@ -36,14 +36,17 @@ class PredictRequest(BaseModel):
 PREDICT_FIELDS = frozenset(PredictRequest.model_fields)  # the fields a body may have, from the model
 
 
-def read_b64_request(body: bytes) -> tuple[list[str], float | None, bool] | None:
-    """The usual JSON body, read without pydantic: its base64 images, epsilon and return_logits.
+def read_predict_body(body: bytes) -> tuple[list[str] | list[list[Any]], float | None, bool] | None:
+    """The usual JSON bodies, read without pydantic: their instances (all base64 strings, or all
+    pixel arrays as nested lists), epsilon and return_logits.
 
-    None for anything else: pixel arrays, other value types (pydantic converts some, such as
-    "true" for a boolean), extra fields, invalid JSON. Such a body goes to `PredictRequest`,
+    None for anything else: a mix of images and arrays, other value types (pydantic converts some,
+    such as "true" for a boolean), extra fields, invalid JSON. Such a body goes to `PredictRequest`,
     which accepts or refuses it and names what is wrong; what this function accepts,
     PredictRequest accepts with the same values (tests/server/test_server_wire.py). On the
-    event loop it costs about 10 us a request less than pydantic (docs/benchmarks.md, item 17).
+    event loop it costs about 10 us a request less than pydantic (docs/benchmarks.md, item 17),
+    and for a body of pixel arrays, which pydantic turns into Python lists too, it takes about
+    half the time (docs/server.md, "Large requests").
     """
     try:
         request = orjson.loads(body)
@@ -61,6 +64,9 @@ def read_b64_request(body: bytes) -> tuple[list[str], float | None, bool] | None
         or (epsilon is not None and type(epsilon) not in (int, float))
     ):
         return None
+    if type(instances[0]) is list:
+        return (instances, None if epsilon is None else float(epsilon), return_logits) if all(
+            type(instance) is list for instance in instances) else None
     images = []
     for instance in instances:
         if type(instance) is not dict or len(instance) != 1 or type(b64 := instance.get("b64")) is not str:

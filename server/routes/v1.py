@@ -9,13 +9,13 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from server.decode import decode_base64, decode_images, decode_pixel_lists, parse_epsilon
+from server.decode import decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
-from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse, read_b64_request
+from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse, read_predict_body
 
 MAX_FILES = 4096
 IMAGE_BODY = {"type": "string", "format": "binary"}
@@ -90,18 +90,19 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
-    read = read_b64_request(body)  # the usual body, without pydantic
+async def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+    read = read_predict_body(body)  # the usual bodies, without pydantic
     if read is None:
         request = parse_wire(PredictRequest, body, "body", InvalidInput)
-        images = [i for i in request.instances if not isinstance(i, list)]
-        if not images:
-            return decode_pixel_lists(request.instances, spec), request.epsilon, request.return_logits
-        if len(images) != len(request.instances):
+        images = [i.b64 for i in request.instances if not isinstance(i, list)]
+        if images and len(images) != len(request.instances):
             raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
-        read = [i.b64 for i in images], request.epsilon, request.return_logits
-    b64_images, epsilon, return_logits = read
-    return decode_images([decode_base64(b64, n) for n, b64 in enumerate(b64_images)], spec), epsilon, return_logits
+        read = images or request.instances, request.epsilon, request.return_logits
+    instances, epsilon, return_logits = read
+    if isinstance(instances[0], list):
+        return await decode_pixel_lists(instances, spec), epsilon, return_logits
+    files = [decode_base64(b64, n) for n, b64 in enumerate(instances)]
+    return await decode_images_in_turns(files, spec), epsilon, return_logits
 
 
 async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
@@ -113,7 +114,7 @@ async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarr
     if not files:
         raise InvalidInput("the multipart body holds no file; send images as parts named 'files'")
     epsilon = form.get("epsilon")
-    return decode_images(files, spec), epsilon, _truthy(form.get("return_logits", ""))
+    return await decode_images_in_turns(files, spec), epsilon, _truthy(form.get("return_logits", ""))
 
 
 async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
@@ -125,9 +126,9 @@ async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.
     if not body:
         raise InvalidInput("empty body; send image files, an image, or JSON instances")
     if content_type == "application/json":
-        return _decode_json(body, spec)
+        return await _decode_json(body, spec)
     if content_type.startswith("image/") or content_type == "application/octet-stream":
-        return decode_images([body], spec), None, False
+        return await decode_images_in_turns([body], spec), None, False
     raise UnsupportedMediaType(
         f"content type {content_type[:64] or '(none)'!r} is not accepted; send multipart/form-data, "
         "image/* or application/json"

@@ -57,9 +57,13 @@ class Arrivals:
         return None
 
 
-def collect(arrivals: Arrivals, carry: Slice | None = None, max_batch_size: int = 4, delay: float = 0.01):
+def collect(arrivals: Arrivals, carried: list[Slice] = (), max_batch_size: int = 4, delay: float = 0.01):
     return collect_batch(arrivals.take, max_batch_size=max_batch_size, max_queue_delay=delay,
-                         clock=arrivals.clock, carry=carry)
+                         clock=arrivals.clock, carried=carried)
+
+
+def rows(slices: list[Slice]) -> list[tuple[InferenceRequest, int, int]]:
+    return [(s.request, s.start, s.stop) for s in slices]
 
 
 pytestmark = pytest.mark.unit
@@ -70,7 +74,7 @@ def test_full_batch_returns_without_waiting_for_the_delay() -> None:
     items = [request(1) for _ in range(5)]
     queue = Arrivals(clock, [(0.0, r) for r in items])
     batch, carry = collect(queue)
-    assert [s.request for s in batch] == items[:4] and carry is None
+    assert [s.request for s in batch] == items[:4] and carry == []
     assert clock.now == 0.0
 
 
@@ -79,7 +83,7 @@ def test_with_enough_requests_it_takes_what_is_waiting_and_does_not_wait_for_mor
     first, second, waiting, late = request(1), request(1), request(1), request(1)
     queue = Arrivals(clock, [(0.0, first), (0.002, second), (0.002, waiting), (0.003, late)])
     batch, carry = collect_batch(queue.take, max_batch_size=8, max_queue_delay=0.01, clock=clock, enough=2)
-    assert [s.request for s in batch] == [first, second, waiting] and carry is None
+    assert [s.request for s in batch] == [first, second, waiting] and carry == []
     assert clock.now == pytest.approx(0.002) and queue.waits[2:] == [0.0, 0.0]
 
 
@@ -110,19 +114,69 @@ def test_delay_counts_from_when_the_first_request_was_queued() -> None:
     assert queue.waits[-1] == 0.0  # no more waiting: only what is already there
 
 
+def after_first_batch(large: InferenceRequest) -> tuple[Arrivals, list[Slice]]:
+    """A queue whose large request has had its first batch of 4, and what is left of it, carried."""
+    queue = Arrivals(FakeClock(), [(0.0, large)])
+    _, carried = collect(queue, max_batch_size=4)
+    return queue, carried
+
+
 def test_large_request_spans_batches() -> None:
     clock = FakeClock()
     big = request(10)
     queue = Arrivals(clock, [(0.0, big)])
-    batch, carry = collect(queue, max_batch_size=4)
-    assert [(s.start, s.stop) for s in batch] == [(0, 4)] and (carry.start, carry.stop) == (4, 10)
-    batch, carry = collect(queue, carry=carry, max_batch_size=4)
-    assert [(s.start, s.stop) for s in batch] == [(4, 8)] and (carry.start, carry.stop) == (8, 10)
-    follower = request(1)
+    batch, carried = collect(queue, max_batch_size=4)
+    assert rows(batch) == [(big, 0, 4)] and rows(carried) == [(big, 4, 10)]
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(big, 4, 8)] and rows(carried) == [(big, 8, 10)]
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(big, 8, 10)] and carried == []
+
+
+def test_a_request_queued_behind_a_large_one_goes_in_the_next_batch() -> None:
+    big, follower = request(10), request(1)
+    queue, carried = after_first_batch(big)
     queue.arrivals.append((0.0, follower))
-    batch, carry = collect(queue, carry=carry, max_batch_size=4)
-    assert [(s.request, s.start, s.stop) for s in batch] == [(big, 8, 10), (follower, 0, 1)]
-    assert carry is None
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(follower, 0, 1), (big, 4, 7)] and rows(carried) == [(big, 7, 10)]
+    assert queue.waits[-1] == 0.0  # with work carried it never waits for company
+
+
+def test_the_carried_request_keeps_at_least_half_of_each_batch() -> None:
+    big, small = request(10), [request(1) for _ in range(4)]
+    queue, carried = after_first_batch(big)
+    queue.arrivals += [(0.0, r) for r in small]
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(small[0], 0, 1), (small[1], 0, 1), (big, 4, 6)]
+    assert len(queue.arrivals) == 2  # the others wait for the next batch, which is theirs too
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(small[2], 0, 1), (small[3], 0, 1), (big, 6, 8)] and rows(carried) == [(big, 8, 10)]
+
+
+def test_a_second_large_request_shares_too_and_is_carried_after_the_first() -> None:
+    first, second = request(10), request(10)
+    queue, carried = after_first_batch(first)
+    queue.arrivals.append((0.0, second))
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(second, 0, 2), (first, 4, 6)]
+    assert rows(carried) == [(first, 6, 10), (second, 2, 10)]
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [(first, 6, 10)] and rows(carried) == [(second, 2, 10)]
+
+
+def test_a_nearly_finished_carry_leaves_the_rest_of_the_batch_to_the_queue() -> None:
+    big, others = request(5), [request(1) for _ in range(4)]
+    queue, carried = after_first_batch(big)
+    queue.arrivals += [(0.0, r) for r in others]
+    batch, carried = collect(queue, carried, max_batch_size=4)
+    assert rows(batch) == [*((r, 0, 1) for r in others[:3]), (big, 4, 5)] and carried == []
+
+
+def test_an_answered_carried_request_is_dropped() -> None:
+    big = request(10)
+    queue, carried = after_first_batch(big)
+    big.failed = True
+    assert collect(queue, carried, max_batch_size=4) == ([], [])
 
 
 def test_answered_and_expired_requests_are_dropped() -> None:
@@ -136,7 +190,7 @@ def test_answered_and_expired_requests_are_dropped() -> None:
 
 def test_idle_queue_gives_an_empty_batch() -> None:
     clock = FakeClock()
-    assert collect(Arrivals(clock, [])) == ([], None)
+    assert collect(Arrivals(clock, [])) == ([], [])
 
 
 def test_max_batch_size_one_never_merges() -> None:
@@ -378,6 +432,28 @@ def test_instances_run_batches_concurrently_and_each_request_still_gets_its_own_
     assert backend.most_at_once == 2
     assert_each_got_its_own_rows(inputs, outputs)
     assert sum(backend.batch_sizes) == sum(len(x) for x in inputs)
+
+
+@pytest.mark.integration
+def test_a_small_request_behind_a_large_one_is_answered_long_before_it(fake_spec) -> None:
+    backend = FakeBackend(fake_spec, delay_s=0.02)  # 20 ms a batch
+    batcher = Batcher("tiny", backend, BatchConfig(max_batch_size=4, max_queue_delay=0.001))
+    batcher.start()
+
+    async def main():
+        large = asyncio.ensure_future(batcher.infer(np.full((40, 1, 28, 28), 0.5, np.float32)))  # 10 batches
+        await asyncio.sleep(0.03)  # its first batches are running
+        small = await batcher.infer(np.full((1, 1, 28, 28), 1.0, np.float32))
+        done_before = large.done()
+        return small, done_before, await large
+
+    try:
+        small, large_done_before_small, large = run(main())
+    finally:
+        batcher.stop(1.0)
+    assert not large_done_before_small  # first in, but not first out: it shared its batches
+    assert_each_got_its_own_rows([np.full((1, 1, 28, 28), 1.0), np.full((40, 1, 28, 28), 0.5)], [small, large])
+    assert max(backend.batch_sizes) == 4 and sum(backend.batch_sizes) == 41
 
 
 @pytest.mark.integration

@@ -1,15 +1,18 @@
-"""Image decoding: the libspng fast path for plain PNGs gives exactly Pillow's pixels, and every
-other image still goes through Pillow with its checks (size, animation, mode)."""
+"""Image decoding: the libspng fast path for plain PNGs gives exactly Pillow's pixels, every other
+image still goes through Pillow with its checks (size, animation, mode), and a request of many
+images lets the event loop serve other requests between them."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from server.decode import _png_fast_path, decode_images
+from server import decode
+from server.decode import _png_fast_path, decode_images, decode_images_in_turns, decode_pixel_lists
 from server.errors import InvalidInput
 from server.repository import InputSpec
 
@@ -92,3 +95,43 @@ def test_a_truncated_or_corrupt_plain_png_is_a_clear_error(mnist_test) -> None:
     garbled = data[:idat] + bytes(b ^ 0x5A for b in data[idat : idat + 40]) + data[idat + 40 :]
     with pytest.raises(InvalidInput, match=r"^image 0: corrupt or truncated"):
         decode_images([garbled], GREY)
+
+
+# -- many images in one request: decoded in turns with the other requests on the event loop ------
+
+
+def first_done(large, small) -> list[str]:
+    """Run a large request's decoding beside a small request's work on one event loop; the order
+    in which they finished."""
+    order: list[str] = []
+
+    async def run(name: str, work) -> None:
+        await work
+        order.append(name)
+
+    async def main() -> None:
+        await asyncio.gather(run("large", large), run("small", small))
+
+    asyncio.run(main())
+    return order
+
+
+async def one_step() -> None:
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+def every_image_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode, "TURN_S", 0.0)
+
+
+def test_a_large_request_decodes_its_images_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
+    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:64]]
+    assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["small", "large"]
+    assert first_done(decode_pixel_lists([np.zeros((1, 28, 28)).tolist()] * 64, GREY), one_step()) == ["small", "large"]
+    np.testing.assert_array_equal(asyncio.run(decode_images_in_turns(pngs, GREY)), decode_images(pngs, GREY))
+
+
+def test_within_its_turn_a_request_keeps_the_event_loop(mnist_test) -> None:
+    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:4]]  # far less than TURN_S of work
+    assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["large", "small"]

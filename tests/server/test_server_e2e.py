@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,29 @@ def test_overload_sheds_with_503_and_recovers(tiny_repo: Path, mnist_test) -> No
         after = burst(process.url + "/v1/predict", 4, concurrency=1, content=png, headers=PNG)
         assert [a.status_code for a in after] == [200] * 4
         assert 'gloro_queue_depth{model="tiny"} 0.0' in process.metrics()
+
+
+def test_a_one_image_request_is_not_held_behind_a_large_one(tiny_repo: Path, mnist_test) -> None:
+    import httpx
+
+    args = [str(TESTS / "fault_server.py"), "--delay-ms", "20", "--repository", str(tiny_repo),
+            "--default-model", "tiny", "--max-batch-size", "16"]
+    images, labels = mnist_test
+    files = [("files", (f"{i}.png", png_bytes(images[i % 64]), "image/png")) for i in range(512)]
+
+    def post(**request: object) -> tuple[httpx.Response, float]:
+        answer = httpx.post(process.url + "/v1/predict", timeout=60, **request)
+        return answer, time.monotonic()
+
+    with ServerProcess(argv=[sys.executable, *args]) as process, ThreadPoolExecutor(1) as pool:
+        large = pool.submit(post, files=files)  # 32 batches of 20 ms or more
+        time.sleep(0.1)  # decoding it, or running its first batches
+        small, small_answered = post(content=png_bytes(images[0]), headers=PNG)
+        (large_answer, large_answered), expected = large.result(), post(files=files[:64])[0].json()
+    assert small.status_code == 200 and small.json()["predictions"][0]["label"] == labels[0]
+    assert small_answered < large_answered  # sent later, answered first: the two shared the batches
+    assert large_answer.status_code == 200
+    assert large_answer.json()["predictions"] == expected["predictions"] * 8
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="the models team has not shipped server/model_repository/mnist-2c2f yet")

@@ -1,5 +1,6 @@
-"""The usual JSON predict body is read without pydantic; whatever that reader accepts, the
-pydantic model accepts with the same values, and it leaves everything else to the model."""
+"""The usual JSON predict bodies (base64 images, or pixel arrays) are read without pydantic; whatever
+that reader accepts, the pydantic model accepts with the same values, and it leaves everything else
+to the model."""
 
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from server.wire_v1 import MAX_INSTANCES, PredictRequest, read_b64_request
+from server.wire_v1 import MAX_INSTANCES, PredictRequest, read_predict_body
 
 IMAGE = {"b64": "iVBORw0KGgo="}
 
 
-def pydantic_reading(body: bytes) -> tuple[list[str], float | None, bool] | None:
-    """What PredictRequest makes of `body` in the reader's terms; None if it refuses it."""
+def pydantic_reading(body: bytes) -> tuple[list, float | None, bool] | None:
+    """What PredictRequest makes of `body` in the reader's terms; None if it refuses it (or the
+    route would: a mix of images and arrays)."""
     try:
         request = PredictRequest.model_validate_json(body)
     except ValidationError:
         return None
-    if any(isinstance(i, list) for i in request.instances):
-        return None
+    arrays = [i for i in request.instances if isinstance(i, list)]
+    if arrays:
+        return (arrays, request.epsilon, request.return_logits) if len(arrays) == len(request.instances) else None
     return [i.b64 for i in request.instances], request.epsilon, request.return_logits
 
 
@@ -34,17 +37,21 @@ def pydantic_reading(body: bytes) -> tuple[list[str], float | None, bool] | None
         ({"instances": [IMAGE, IMAGE], "epsilon": 0.3, "return_logits": True}, (["iVBORw0KGgo="] * 2, 0.3, True)),
         ({"instances": [IMAGE], "epsilon": 1}, (["iVBORw0KGgo="], 1.0, False)),  # an integer eps, as a float
         ({"instances": [IMAGE], "epsilon": None}, (["iVBORw0KGgo="], None, False)),
+        ({"instances": [[[0.5, 1]], [[0, 0.25]]], "epsilon": 0.5}, ([[[0.5, 1]], [[0, 0.25]]], 0.5, False)),
+        ({"instances": [[[[0.5]]]], "return_logits": True}, ([[[[0.5]]]], None, True)),
+        ({"instances": [[]]}, ([[]], None, False)),  # not an image, but an array: decoding says what is wrong
     ],
 )
 def test_the_usual_body_is_read_as_pydantic_reads_it(body, read) -> None:
     raw = json.dumps(body).encode()
-    assert read_b64_request(raw) == read == pydantic_reading(raw)
+    assert read_predict_body(raw) == read == pydantic_reading(raw)
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        b'{"instances": [[[[0.5]]]]}',  # pixel arrays
+        b'{"instances": [[[[0.5]]], {"b64": "iVBO"}]}',  # a mix: pydantic takes it, the route refuses it
+        b'{"instances": [{"b64": "iVBO"}, [[[0.5]]]]}',
         b'{"instances": [{"b64": "iVBO"}], "return_logits": "true"}',  # pydantic converts it; left to pydantic
         b'{"instances": [{"b64": "iVBO"}], "epsilon": "0.3"}',
         b'{"instances": [{"b64": "iVBO"}], "epsilon": true}',
@@ -60,23 +67,25 @@ def test_the_usual_body_is_read_as_pydantic_reads_it(body, read) -> None:
     ],
 )
 def test_anything_else_is_left_to_pydantic(body) -> None:
-    assert read_b64_request(body) is None
+    assert read_predict_body(body) is None
 
 
 def test_more_images_than_a_request_may_hold_are_left_to_pydantic() -> None:
     body = orjson.dumps({"instances": [IMAGE] * (MAX_INSTANCES + 1)})
-    assert read_b64_request(body) is None and pydantic_reading(body) is None
-    assert read_b64_request(orjson.dumps({"instances": [IMAGE] * MAX_INSTANCES})) is not None
+    assert read_predict_body(body) is None and pydantic_reading(body) is None
+    assert read_predict_body(orjson.dumps({"instances": [IMAGE] * MAX_INSTANCES})) is not None
 
 
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                             max_size=3), max_leaves=8)
 b64_images = st.fixed_dictionaries({"b64": st.text(max_size=12)})
-images = b64_images | values
+arrays = st.lists(st.lists(st.floats(allow_nan=False) | st.integers(-(2**70), 2**70) | values, max_size=3), max_size=3)
+images = b64_images | arrays | values
 # Mostly bodies the reader accepts, with one thing off now and then.
 near_usual = st.fixed_dictionaries(
-    {"instances": st.lists(b64_images, min_size=1, max_size=3) | st.lists(images, max_size=3)},
+    {"instances": st.lists(b64_images, min_size=1, max_size=3) | st.lists(arrays, min_size=1, max_size=3)
+     | st.lists(images, max_size=3)},
     optional={"epsilon": st.none() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | values,
               "return_logits": st.booleans() | values, "other": values})
 bodies = near_usual | st.dictionaries(st.sampled_from(["instances", "epsilon", "return_logits", "other"]),
@@ -90,6 +99,6 @@ def test_what_the_reader_accepts_pydantic_accepts_with_the_same_values(body) -> 
         raw = orjson.dumps(body)
     except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits: not JSON orjson writes
         raw = json.dumps(body).encode()
-    read = read_b64_request(raw)
+    read = read_predict_body(raw)
     if read is not None:
         assert read == pydantic_reading(raw)
