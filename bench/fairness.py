@@ -6,7 +6,8 @@ what it must not do is hold every other client's request until it is done. Each 
 (LABEL=FLAGS, or LABEL@REV=FLAGS for another revision, as `bench.compare` takes them) runs alone
 in turn, rounds rotating; for each kind of large body, one client thread posts it back to back
 while another posts the one-image JSON body one request after another (5 ms apart) and records
-its latency. "none" is the same client with no large requests beside it.
+its latency. "none" is the same client with no large requests beside it. Each large request is
+also timed alone, so that what sharing costs it shows apart from the machine's drift.
 
     python -m bench.fairness --server 'before@HEAD~1=' --server 'after='
 """
@@ -77,6 +78,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def post_large(client: httpx.Client, base: str, large: Large) -> float:
+    """One large request; how long it took (ms). It must be answered 200."""
+    path, body, headers, _ = large
+    began = time.perf_counter()
+    answer = client.post(base + path, content=body, headers=headers)
+    if answer.status_code != 200:  # the figures would measure the error path
+        raise RuntimeError(f"the large {path} request got {answer.status_code}: {answer.text[:200]}")
+    return (time.perf_counter() - began) * 1000
+
+
+def large_alone_ms(base: str, large: Large, duration_s: float) -> float:
+    """The median time of the large request with no other client: what sharing costs it is the
+    difference from its time beside the small client."""
+    times: list[float] = []
+    end = time.monotonic() + duration_s
+    with httpx.Client(timeout=120) as client:
+        while time.monotonic() < end or len(times) < 2:
+            times.append(post_large(client, base, large))
+    return statistics.median(times)
+
+
 def one_run(base: str, case: ModelCase, large: Large | None,
             duration_s: float) -> dict[str, Any]:
     """The small client's latencies (ms) while the large client posts back to back, and how long
@@ -105,12 +127,7 @@ def one_run(base: str, case: ModelCase, large: Large | None,
                 if large is None:
                     time.sleep(0.05)
                     continue
-                path, body, headers, _ = large
-                began = time.perf_counter()
-                answer = client.post(base + path, content=body, headers=headers)
-                large_ms.append((time.perf_counter() - began) * 1000)
-                if answer.status_code != 200:  # the figures would measure the error path
-                    raise RuntimeError(f"the large {path} request got {answer.status_code}: {answer.text[:200]}")
+                large_ms.append(post_large(client, base, large))
     finally:
         stop.set()
         thread.join()
@@ -136,6 +153,8 @@ def measure(specs: list[ServerSpec], model: str, kinds: list[str], duration_s: f
             for label in labels[r % len(labels):] + labels[: r % len(labels)]:
                 base = servers[label].url.removesuffix("/v1/predict")
                 entry[label] = {kind: one_run(base, case, bodies.get(kind), duration_s) for kind in kinds}
+                for kind in set(kinds) & set(bodies):
+                    entry[label][kind]["large_alone_median_ms"] = large_alone_ms(base, bodies[kind], duration_s / 2)
                 print(f"  round {r + 1} {label}: " + ", ".join(
                     f"{k} p50 {v['small_p50_ms']:.1f} p99 {v['small_p99_ms']:.1f} ms" for k, v in entry[label].items()),
                     flush=True)
@@ -145,8 +164,8 @@ def measure(specs: list[ServerSpec], model: str, kinds: list[str], duration_s: f
                        for field in ("small_p50_ms", "small_p99_ms", "small_max_ms")}
                 | {"large_requests": sum(e[label][kind]["large_requests"] for e in per_round),
                    "large_images": bodies[kind][3] if kind in bodies else 0,
-                   "large_median_ms": statistics.median(e[label][kind]["large_median_ms"] for e in per_round)
-                   if kind in bodies else None}
+                   **{field: statistics.median(e[label][kind][field] for e in per_round) if kind in bodies else None
+                      for field in ("large_median_ms", "large_alone_median_ms")}}
                 for kind in kinds}
         for label in [s.label for s in specs]
     }
@@ -157,10 +176,11 @@ def measure(specs: list[ServerSpec], model: str, kinds: list[str], duration_s: f
 
 def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = ["| server | large requests beside | small p50 ms | small p99 ms | small max ms | large requests answered "
-             "| large request ms (median) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| large request ms (median): beside the small client / alone |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, kinds in summary.items():
         for kind, s in kinds.items():
-            large = f"{s['large_median_ms']:.0f} ({s['large_images']} images)" if s["large_median_ms"] else "-"
+            large = (f"{s['large_median_ms']:.0f} / {s['large_alone_median_ms']:.0f} ({s['large_images']} images)"
+                     if s["large_median_ms"] else "-")
             lines.append(f"| {label} | {kind} | {s['small_p50_ms']:.1f} | {s['small_p99_ms']:.1f} | "
                          f"{s['small_max_ms']:.1f} | {s['large_requests']} | {large} |")
     return "\n".join(lines)

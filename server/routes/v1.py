@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from server.decode import decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
+from server.decode import Turns, decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
@@ -18,6 +19,9 @@ from server.service import ModelService, Models, Prediction
 from server.wire_v1 import ModelInfo, ModelList, PredictRequest, PredictResponse, read_predict_body
 
 MAX_FILES = 4096
+# Starlette's multipart parser parses each piece of body it is given at once, and uvicorn hands a
+# body that has arrived whole to the app as one piece: 4096 MNIST PNGs (1.5 MB) took 170 ms.
+MULTIPART_PIECE = 16 * 1024
 IMAGE_BODY = {"type": "string", "format": "binary"}
 PREDICT_BODY = {
     "requestBody": {
@@ -105,8 +109,21 @@ async def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, b
     return await decode_images_in_turns(files, spec), epsilon, return_logits
 
 
+class PiecewiseRequest(Request):
+    """A request whose body stream comes in pieces of MULTIPART_PIECE bytes, the event loop
+    serving other requests between them once this one has had its `Turns`."""
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        turns = Turns()
+        async for chunk in super().stream():
+            for start in range(0, len(chunk), MULTIPART_PIECE):
+                yield chunk[start : start + MULTIPART_PIECE]
+                await turns.between()
+        yield b""
+
+
 async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
-    form = await request.form(max_files=MAX_FILES, max_fields=64)
+    form = await PiecewiseRequest(request.scope, request.receive).form(max_files=MAX_FILES, max_fields=64)
     try:
         files = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
     finally:

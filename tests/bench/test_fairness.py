@@ -39,5 +39,5 @@ def test_one_short_round_measures_the_small_client_beside_each_kind(tmp_path: Pa
     assert runs["none"]["large_requests"] == 0 and runs["none"]["small_requests"] > 0
     for kind in ("b64", "v2-binary"):  # every large request was answered 200, or the run stops
         assert runs[kind]["large_requests"] >= 1 and runs[kind]["small_requests"] >= 1
-        assert runs[kind]["small_errors"] == []
+        assert runs[kind]["small_errors"] == [] and runs[kind]["large_alone_median_ms"] > 0
     assert result["summary"]["here"]["b64"]["large_images"] == fairness.MAX_IMAGES

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +16,7 @@ from server import decode
 from server.decode import _png_fast_path, decode_images, decode_images_in_turns, decode_pixel_lists
 from server.errors import InvalidInput
 from server.repository import InputSpec
+from server.routes.v1 import MULTIPART_PIECE, PiecewiseRequest
 
 GREY = InputSpec(shape=(1, 28, 28), color_mode="L")
 RGB = InputSpec(shape=(3, 32, 32), color_mode="RGB")
@@ -135,3 +137,27 @@ def test_a_large_request_decodes_its_images_in_turns_with_other_requests(mnist_t
 def test_within_its_turn_a_request_keeps_the_event_loop(mnist_test) -> None:
     pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:4]]  # far less than TURN_S of work
     assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["large", "small"]
+
+
+def test_a_multipart_body_that_came_whole_is_parsed_in_pieces_taking_turns(mnist_test, every_image_a_turn) -> None:
+    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:256]]
+    sent = httpx.Request("POST", "http://x/", files=[("files", (f"{i}.png", p, "image/png")) for i, p in enumerate(pngs)])
+    body = sent.read()
+    assert len(body) > 4 * MULTIPART_PIECE
+
+    def request() -> PiecewiseRequest:
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> dict:
+            return next(messages)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"",
+                 "headers": [(b"content-type", sent.headers["content-type"].encode())]}
+        return PiecewiseRequest(scope, receive)
+
+    async def form(request: PiecewiseRequest):
+        return await request.form(max_files=1000)
+
+    assert first_done(form(request()), one_step()) == ["small", "large"]
+    form = asyncio.run(form(request()))
+    assert [asyncio.run(f.read()) for f in form.getlist("files")] == pngs
