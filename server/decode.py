@@ -32,8 +32,8 @@ MAX_8BIT = np.float32(255.0)  # divide (as torchvision does), not multiply by 1/
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # How long decoding one request may hold the event loop before the other requests get a turn. A
-# request may carry 4096 images: decoded at once they kept every other client of the process
-# waiting 0.1-0.2 s (MNIST PNGs; `python -m bench.fairness`, docs/server.md "Large requests").
+# request may carry 4096 images: decoded in one go, they kept every other client of the process
+# waiting until the last (`python -m bench.fairness`; docs/server.md, "Large requests").
 TURN_S = 0.002
 # PNG colour type that, at 8 bits, already is each model colour mode: no conversion to guess.
 PNG_COLOR_TYPE = {"L": 0, "RGB": 2}
