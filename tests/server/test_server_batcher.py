@@ -172,6 +172,17 @@ def test_a_nearly_finished_carry_leaves_the_rest_of_the_batch_to_the_queue() -> 
     assert rows(batch) == [*((r, 0, 1) for r in others[:3]), (big, 4, 5)] and carried == []
 
 
+def test_with_batches_of_one_image_the_carried_request_keeps_every_pass() -> None:
+    big, waiting = request(3), request(1)
+    queue = Arrivals(FakeClock(), [(0.0, big)])
+    _, carried = collect(queue, max_batch_size=1)
+    queue.arrivals.append((0.0, waiting))
+    for start in (1, 2):
+        batch, carried = collect(queue, carried, max_batch_size=1)
+        assert rows(batch) == [(big, start, start + 1)]
+    assert carried == [] and collect(queue, max_batch_size=1)[0] == [Slice(waiting, 0, 1)]
+
+
 def test_an_answered_carried_request_is_dropped() -> None:
     big = request(10)
     queue, carried = after_first_batch(big)
