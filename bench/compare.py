@@ -26,7 +26,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bench import machine
 from bench.models import ROOT, ModelCase, prepare
@@ -93,6 +93,32 @@ def start_servers(stack: ExitStack, specs: list[ServerSpec], case: ModelCase, wo
     return servers
 
 
+def server_parser(prog: str, doc: str, model: str) -> argparse.ArgumentParser:
+    """The command line the server-side-by-side tools share: --server (repeat) and --model."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("--server", action="append", required=True, metavar="LABEL[@REV]=FLAGS",
+                   help="a server to measure (repeat); FLAGS are gloro-serve's")
+    p.add_argument("--model", choices=["mnist", "cifar"], default=model)
+    return p
+
+
+def measured(prog: str, argv: list[str], out: Path, measure: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+    """`measure(work folder)` with the command, machine and duration around it, written as JSON to
+    `out`; None, after one line on stderr, if it raised CompareError (a bad spec, kind or revision)."""
+    try:
+        work = out.resolve().parent / "tmp" / prog.rsplit(".", 1)[-1]
+        work.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        result = {"command": f"{prog} " + shlex.join(argv), "machine": machine.describe(ROOT), **measure(work)}
+    except CompareError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    result["seconds"] = time.monotonic() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def summarise(per_round: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for label in labels:
@@ -136,10 +162,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--server", action="append", required=True, metavar="LABEL[@REV]=FLAGS",
-                   help="a server to compare (repeat); FLAGS are gloro-serve's")
-    p.add_argument("--model", choices=["mnist", "cifar"], default="cifar")
+    p = server_parser(PROG, __doc__, "cifar")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per server per round")
     p.add_argument("--rounds", type=int, default=3)
@@ -147,19 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "compare.json")
     args = p.parse_args(argv)
-    try:
-        specs = parse_specs(args.server)
-        work = args.out.resolve().parent / "tmp" / "compare"
-        work.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        result = {"command": f"{PROG} " + shlex.join(argv), "machine": machine.describe(ROOT),
-                  **compare(specs, args.model, args.connections, args.duration, args.rounds, args.ceiling_batch,
-                            work, args.client)}
-    except CompareError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    specs: list[ServerSpec] = []
+
+    def measure(work: Path) -> dict[str, Any]:
+        specs.extend(parse_specs(args.server))
+        return compare(specs, args.model, args.connections, args.duration, args.rounds, args.ceiling_batch, work,
+                       args.client)
+
+    result = measured(PROG, argv, args.out, measure)
+    if result is None:
         return 2
-    result["seconds"] = time.monotonic() - started
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result["summary"]))
     print(f"bench: {len(specs)} servers, {args.rounds} rounds -> {args.out}", flush=True)
     return 0

@@ -14,10 +14,8 @@ also timed alone, so that what sharing costs it shows apart from the machine's d
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import shlex
 import statistics
 import sys
 import threading
@@ -29,8 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import machine
-from bench.compare import CompareError, ServerSpec, parse_specs, start_servers
+from bench.compare import CompareError, ServerSpec, measured, parse_specs, server_parser, start_servers
 from bench.models import ROOT, ModelCase, prepare
 
 PROG = "python -m bench.fairness"
@@ -188,33 +185,24 @@ def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--server", action="append", required=True, metavar="LABEL[@REV]=FLAGS",
-                   help="a server to measure (repeat); FLAGS are gloro-serve's")
-    p.add_argument("--model", choices=["mnist", "cifar"], default="mnist")
+    p = server_parser(PROG, __doc__, "mnist")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--duration", type=float, default=6.0, help="seconds per server, kind and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "fairness.json")
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
-    try:
+
+    def run(work: Path) -> dict[str, Any]:
         if unknown := set(kinds) - set(KINDS):
             raise CompareError(f"unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
-        specs = parse_specs(args.server)
-        work = args.out.resolve().parent / "tmp" / "fairness"
-        work.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        result = {"command": f"{PROG} " + shlex.join(argv), "machine": machine.describe(ROOT),
-                  **measure(specs, args.model, kinds, args.duration, args.rounds, work)}
-    except CompareError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return measure(parse_specs(args.server), args.model, kinds, args.duration, args.rounds, work)
+
+    result = measured(PROG, argv, args.out, run)
+    if result is None:
         return 2
-    result["seconds"] = time.monotonic() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result["summary"]))
-    print(f"bench: {len(specs)} servers, {args.rounds} rounds -> {args.out}", flush=True)
+    print(f"bench: {len(result['servers'])} servers, {args.rounds} rounds -> {args.out}", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import package_version
 from server.backends import BackendError, BackendFactory, backend_factory
 from server.batcher import BatchConfig
+from server.budget import InFlightBytes
 from server.errors import RepositoryError, install_error_handlers
 from server.metrics import Metrics
 from server.middleware import ApiKey, BodyLimit, RequestMetrics
@@ -106,7 +107,7 @@ class GloroApp(FastAPI):
 def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
     """Outermost first: metrics, then the API key (when one is set), the body limit, dispatch."""
     inner: ASGIApp = BodyLimit(DirectDispatch(app.through_fastapi, direct_routes(app)), settings.max_body_bytes,
-                               settings.max_bytes_in_flight)
+                               InFlightBytes(settings.max_bytes_in_flight))
     if settings.api_key is not None:
         inner = ApiKey(inner, settings.api_key.get_secret_value())
     return RequestMetrics(inner, metrics)

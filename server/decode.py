@@ -182,12 +182,14 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
 
 
-async def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models), converted on
-    the event loop in `Turns`."""
+def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
+    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
+
+    In one go, not in turns: the lists are the JSON body parsed into Python objects, about 8 times
+    its bytes, and while one request converted them in turns, other requests' parsed bodies would
+    be alive beside them (docs/server.md, "Large requests")."""
     c, h, w = spec.shape
     out = _new_batch(len(instances), spec)
-    turns = Turns()
     for i, instance in enumerate(instances):
         try:
             array = np.asarray(instance, dtype=np.float32)
@@ -200,7 +202,6 @@ async def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.nd
         if array.shape != (c, h, w):
             raise InvalidInput(f"instance {i}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
         out[i] = array
-        await turns.between()
     return check_pixels(out)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import PayloadTooLarge, Unauthorized, Unavailable, error_response
+from server.budget import Hold, InFlightBytes
+from server.errors import PayloadTooLarge, Unauthorized, error_response
 from server.metrics import Metrics
 
 # Only the APIs need the key; probes, metrics, docs and the demo page stay open.
@@ -85,19 +86,20 @@ class ApiKey:
 
 class BodyLimit:
     """413 for a declared Content-Length over the limit, and for a streamed body that grows past it;
-    503 (Retry-After) for a body that would take the request bytes this process holds, summed over
-    the requests it is still reading or answering, past `max_in_flight`.
+    503 (Retry-After) for a body whose bytes would take what the process holds of requests past
+    `--max-bytes-in-flight` (`server.budget`).
 
     The per-request limit alone bounds one request; many at once (a body that stops halfway holds
     its bytes until --read-timeout-s) could still take all the memory there is. Counted as they
     arrive, so a request pays for the bytes it has sent, not for a Content-Length it declares.
+    The request's `Hold` is in the scope as "gloro.hold" for the routes to add what they decode;
+    all of it is given back when the request ends.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_in_flight: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, budget: InFlightBytes) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0  # body bytes held by the requests under way (the event loop's only)
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,27 +111,23 @@ class BodyLimit:
                     await self._refuse(int(value))(scope, receive, send)
                     return
                 break
-        held = 0
+        hold = scope["gloro.hold"] = Hold(self.budget)
+        body = 0
 
         async def limited_receive() -> Message:
-            nonlocal held
+            nonlocal body
             message = await receive()
             if message["type"] == "http.request" and (size := len(message.get("body", b""))):
-                if held + size > self.max_bytes:
-                    raise PayloadTooLarge(self._message(held + size))
-                if self.in_flight + size > self.max_in_flight:
-                    raise Unavailable(
-                        f"this server process holds {self.in_flight} bytes of request bodies; another "
-                        f"{size} would pass its limit of {self.max_in_flight} (--max-bytes-in-flight)"
-                    )
-                held += size
-                self.in_flight += size
+                if body + size > self.max_bytes:
+                    raise PayloadTooLarge(self._message(body + size))
+                hold.take(size, "body bytes")
+                body += size
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            self.in_flight -= held
+            hold.release()
 
     def _message(self, size: int) -> str:
         return f"body of {size}+ bytes exceeds the limit of {self.max_bytes} bytes (--max-body-bytes)"

@@ -10,6 +10,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from server.budget import Hold
 from server.decode import Turns, decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
@@ -95,7 +96,7 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-async def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
     read = read_predict_body(body)  # the usual bodies, without pydantic
     if read is None:
         request = parse_wire(PredictRequest, body, "body", InvalidInput)
@@ -104,8 +105,9 @@ async def _decode_json(body: bytes, spec: InputSpec) -> tuple[np.ndarray, Any, b
             raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
         read = images or request.instances, request.epsilon, request.return_logits
     instances, epsilon, return_logits = read
+    hold.inputs(len(instances), spec)
     if isinstance(instances[0], list):
-        return await decode_pixel_lists(instances, spec), epsilon, return_logits
+        return decode_pixel_lists(instances, spec), epsilon, return_logits  # then the lists are freed
     files = [decode_base64(b64, n) for n, b64 in enumerate(instances)]
     return await decode_images_in_turns(files, spec), epsilon, return_logits
 
@@ -123,7 +125,7 @@ class PiecewiseRequest(Request):
         yield b""
 
 
-async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
+async def _decode_multipart(request: Request, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
     form = await PiecewiseRequest(request.scope, request.receive).form(max_files=MAX_FILES, max_fields=64)
     try:
         files = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
@@ -131,21 +133,25 @@ async def _decode_multipart(request: Request, spec: InputSpec) -> tuple[np.ndarr
         await form.close()
     if not files:
         raise InvalidInput("the multipart body holds no file; send images as parts named 'files'")
+    hold.inputs(len(files), spec)
     epsilon = form.get("epsilon")
     return await decode_images_in_turns(files, spec), epsilon, _truthy(form.get("return_logits", ""))
 
 
 async def decode_predict_request(request: Request, spec: InputSpec) -> tuple[np.ndarray, Any, bool]:
-    """The body as a float32 batch, plus the eps and return_logits it carries (None, False if none)."""
+    """The body as a float32 batch, plus the eps and return_logits it carries (None, False if none);
+    the batch is counted in the request's `Hold` before it is allocated."""
+    hold: Hold = request.scope["gloro.hold"]
     content_type = (header(request, "content-type") or "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
-        return await _decode_multipart(request, spec)
+        return await _decode_multipart(request, spec, hold)
     body = await read_body(request)
     if not body:
         raise InvalidInput("empty body; send image files, an image, or JSON instances")
     if content_type == "application/json":
-        return await _decode_json(body, spec)
+        return await _decode_json(body, spec, hold)
     if content_type.startswith("image/") or content_type == "application/octet-stream":
+        hold.inputs(1, spec)
         return await decode_images_in_turns([body], spec), None, False
     raise UnsupportedMediaType(
         f"content type {content_type[:64] or '(none)'!r} is not accepted; send multipart/form-data, "

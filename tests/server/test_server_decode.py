@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from server import decode
-from server.decode import _png_fast_path, decode_images, decode_images_in_turns, decode_pixel_lists
+from server.decode import _png_fast_path, decode_images, decode_images_in_turns
 from server.errors import InvalidInput
 from server.repository import InputSpec
 from server.routes.v1 import MULTIPART_PIECE, PiecewiseRequest
@@ -130,7 +130,6 @@ def every_image_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_large_request_decodes_its_images_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
     pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:64]]
     assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["small", "large"]
-    assert first_done(decode_pixel_lists([np.zeros((1, 28, 28)).tolist()] * 64, GREY), one_step()) == ["small", "large"]
     np.testing.assert_array_equal(asyncio.run(decode_images_in_turns(pngs, GREY)), decode_images(pngs, GREY))
 
 

@@ -3,6 +3,7 @@ server while a well-behaved client keeps working. Each must get a 4xx JSON error
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -356,3 +357,34 @@ def test_bodies_in_flight_past_the_limit_get_503_until_the_stalled_ones_time_out
             s.close()
     r = httpx.post(url, content=padded, headers={"Content-Type": "application/json"})
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] >= 0
+
+
+def test_what_images_decode_to_counts_toward_the_bytes_in_flight(frugal_server, mnist_test) -> None:
+    """A small body can decode to many times its bytes (1,000 MNIST PNGs: 0.3 MB of base64, 3.1 MB
+    of float32); the process's limit counts the decoded inputs too."""
+    url = frugal_server.url + "/v1/predict"
+
+    def images(n: int) -> dict:
+        b64 = [{"b64": base64.b64encode(png_bytes(mnist_test[0][i % 50])).decode()} for i in range(n)]
+        return {"content": json.dumps({"instances": b64}).encode(), "headers": {"Content-Type": "application/json"}}
+
+    too_many = images(1000)
+    assert len(too_many["content"]) < MAX_BODY  # the body alone is allowed
+    r = httpx.post(url, **too_many)
+    assert r.status_code == 413 and r.json()["error"] == (
+        f"1000 images of 1x28x28 decode to 3136000 bytes, more than a server process holds at once ({2 * MAX_BODY}, "
+        "--max-bytes-in-flight); send fewer images a request")
+    r = httpx.post(url, **images(500))  # 1.6 MB decoded, 0.2 MB of body: fits while nothing else is held
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 500
+    with socket.create_connection(("127.0.0.1", frugal_server.port), timeout=30) as stalled:
+        stalled.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {MAX_BODY}\r\n\r\n".encode() + b" " * (MAX_BODY // 2))
+        deadline = time.monotonic() + 4
+        while (r := httpx.post(url, **images(500))).status_code == 200:  # until the stalled half is counted
+            assert time.monotonic() < deadline, "the stalled body was never counted"
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "(500 decoded images) would pass its limit" in r.json()["error"]
+    deadline = time.monotonic() + 4  # the stalled request ends when the server sees the close
+    while (r := httpx.post(url, **images(500))).status_code == 503:
+        assert time.monotonic() < deadline, "what the stalled request held was never given back"
+    assert r.status_code == 200
