@@ -92,8 +92,9 @@ class ServerSettings(BaseSettings):
     )
     max_bytes_in_flight: int = Field(
         256 * 1024 * 1024, ge=1024, le=1 << 40,
-        description="request body bytes one server process may hold at once, summed over the requests it is "
-        "reading or answering; a body that would pass it answers 503 (at least --max-body-bytes)",
+        description="bytes of requests one server process may hold at once, summed over the requests it is "
+        "reading or answering: their bodies and the inputs decoded from them; a request that would pass it "
+        "answers 503, or 413 if its decoded inputs alone would (at least --max-body-bytes)",
     )
     default_model: str = Field(
         DEFAULT_MODEL, description="model served by /v1/predict (must be in the repository)"
