@@ -185,9 +185,9 @@ def decode_base64(text: str, index: int) -> bytes:
 def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
     """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
 
-    In one go, not in turns: the lists are the JSON body parsed into Python objects, about 8 times
-    its bytes, and while one request converted them in turns, other requests' parsed bodies would
-    be alive beside them (docs/server.md, "Large requests")."""
+    In one go, not in turns: the lists are the JSON body parsed into Python objects (a 24-byte float
+    and an 8-byte list slot for each number of a few characters), and while one request converted
+    them in turns, other requests' parsed bodies were alive beside them (docs/server.md, "Memory")."""
     c, h, w = spec.shape
     out = _new_batch(len(instances), spec)
     for i, instance in enumerate(instances):

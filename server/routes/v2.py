@@ -71,8 +71,8 @@ def _invalid_request(problems: str) -> BadRequest:
 def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService, hold: Hold) -> np.ndarray:
     """The input as a float32 batch, counted in the request's `Hold` (at most twice the body's bytes,
     so counted once made; a binary tensor counts as a copy, though an aligned one is a view of the
-    body). A JSON `data` list is dropped from `request` once converted: as Python numbers it takes
-    about 8 times its JSON."""
+    body). A JSON `data` list is dropped from `request` once converted, before the model runs: as
+    Python numbers it takes several times its JSON (docs/server.md, "Memory")."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = [i.name[:32] for i in request.inputs]
         raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")

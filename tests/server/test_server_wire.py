@@ -116,7 +116,8 @@ def as_pixels(instances: list) -> list[bytes] | str:
     (orjson reads an integer below -2**63 as a float where pydantic keeps it whole: as float32 pixels
     the two are the same.)"""
     try:
-        arrays = [np.asarray(i, dtype=np.float32) for i in instances]
+        with np.errstate(over="ignore"):  # a number past float32's range becomes inf, refused below
+            arrays = [np.asarray(i, dtype=np.float32) for i in instances]
     except (TypeError, ValueError, OverflowError):
         return "refused"
     if not all(a.size == 0 or (a.min() >= 0 and a.max() <= 1) for a in arrays):
