@@ -58,7 +58,7 @@ class Hold:
                 f"{count} images of {'x'.join(map(str, spec.shape))} decode to {n} bytes, more than a server process "
                 f"holds at once ({self.budget.limit}, --max-bytes-in-flight); send fewer images a request"
             )
-        self.take(n, f"{count} decoded images")
+        self.take(n, "decoded images")
 
     def release(self) -> None:
         self.budget.give(self.bytes)

@@ -35,6 +35,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # request may carry 4096 images: decoded in one go, they kept every other client of the process
 # waiting until the last (`python -m bench.fairness`; docs/server.md, "Large requests").
 TURN_S = 0.002
+FEW_IMAGES = 4
 # PNG colour type that, at 8 bits, already is each model colour mode: no conversion to guess.
 PNG_COLOR_TYPE = {"L": 0, "RGB": 2}
 
@@ -164,7 +165,11 @@ def decode_images(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
 
 
 async def decode_images_in_turns(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
-    """`decode_images` on the event loop, taking `Turns` with the other requests."""
+    """`decode_images` on the event loop, taking `Turns` with the other requests; FEW_IMAGES or
+    fewer, the usual request, in one go: they cannot hold the loop long, and the turns' bookkeeping
+    cost a one-image request about 2 us (docs/server.md, "Large requests")."""
+    if len(files) <= FEW_IMAGES:
+        return decode_images(files, spec)
     out = _new_batch(len(files), spec)
     turns = Turns()
     for i, data in enumerate(files):

@@ -29,7 +29,7 @@ def test_past_the_limit_a_request_is_refused_for_now_and_takes_nothing() -> None
     budget = InFlightBytes(5_000)
     Hold(budget).take(4_000, "body bytes")
     late = Hold(budget)
-    with pytest.raises(Unavailable, match=r"holds 4000 bytes .* another 3136 \(1 decoded images\) would pass its limit of 5000"):
+    with pytest.raises(Unavailable, match=r"holds 4000 bytes .* another 3136 \(decoded images\) would pass its limit of 5000"):
         late.inputs(1, GREY)
     assert budget.held == 4_000 and late.bytes == 0
 

@@ -129,12 +129,14 @@ def every_image_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_large_request_decodes_its_images_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
     pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:64]]
+    assert len(pngs) > decode.FEW_IMAGES
     assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["small", "large"]
     np.testing.assert_array_equal(asyncio.run(decode_images_in_turns(pngs, GREY)), decode_images(pngs, GREY))
 
 
 def test_within_its_turn_a_request_keeps_the_event_loop(mnist_test) -> None:
-    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:4]]  # far less than TURN_S of work
+    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:8]]  # more than FEW_IMAGES, far less than TURN_S of work
+    assert len(pngs) > decode.FEW_IMAGES
     assert first_done(decode_images_in_turns(pngs, GREY), one_step()) == ["large", "small"]
 
 

@@ -383,7 +383,7 @@ def test_what_images_decode_to_counts_toward_the_bytes_in_flight(frugal_server, 
         while (r := httpx.post(url, **images(500))).status_code == 200:  # until the stalled half is counted
             assert time.monotonic() < deadline, "the stalled body was never counted"
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
-        assert "(500 decoded images) would pass its limit" in r.json()["error"]
+        assert f"another {500 * 28 * 28 * 4} (decoded images) would pass its limit" in r.json()["error"]
     deadline = time.monotonic() + 4  # the stalled request ends when the server sees the close
     while (r := httpx.post(url, **images(500))).status_code == 503:
         assert time.monotonic() < deadline, "what the stalled request held was never given back"
