@@ -166,8 +166,8 @@ def decode_images(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
 
 async def decode_images_in_turns(files: Sequence[bytes], spec: InputSpec) -> np.ndarray:
     """`decode_images` on the event loop, taking `Turns` with the other requests; FEW_IMAGES or
-    fewer, the usual request, in one go: they cannot hold the loop long, and the turns' bookkeeping
-    cost a one-image request about 2 us (docs/server.md, "Large requests")."""
+    fewer, the usual request, in one go: they cannot hold the loop long, and every one-image
+    request would pay for the turns' bookkeeping (docs/server.md, "Large requests")."""
     if len(files) <= FEW_IMAGES:
         return decode_images(files, spec)
     out = _new_batch(len(files), spec)
