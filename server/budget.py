@@ -3,7 +3,7 @@ bodies as their bytes arrive, and the input arrays decoded from them, summed ove
 is reading or answering.
 
 A body alone does not bound what a request holds: 1.4 MB of base64 PNGs decode to 12.8 MB of
-float32 for the 28 x 28 MNIST model, and a uniform 224 x 224 PNG of about a kilobyte to 600 KB.
+float32 for the 28 x 28 MNIST model, and a uniform 224 x 224 RGB PNG of 675 bytes to 602,112.
 So a route reserves what it will decode before it allocates it (`Hold.inputs`); a request that
 would pass the limit gets 503 (Retry-After) while others hold it, or 413 if it would pass it alone.
 """
