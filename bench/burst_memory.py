@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from bench.compare import CompareError, measured, parse_specs, server_parser, start_servers
-from bench.fairness import KINDS, Large, large_bodies
+from bench.compare import measured, parse_specs, server_parser, start_servers
+from bench.fairness import KINDS, Large, large_bodies, parse_kinds
 from bench.models import ROOT, prepare
 
 PROG = "python -m bench.burst_memory"
@@ -70,12 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32, help="requests posted at once")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "burst_memory.json")
     args = p.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k]
 
     def run(work: Path) -> dict[str, Any]:
-        if unknown := set(kinds) - set(KINDS[1:]):
-            raise CompareError(f"unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS[1:])}")
-        return measure(args.server, args.model, kinds, args.clients, work)
+        return measure(args.server, args.model, parse_kinds(args.kinds, KINDS[1:]), args.clients, work)
 
     result = measured(PROG, argv, args.out, run)
     if result is None:

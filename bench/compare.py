@@ -170,18 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "compare.json")
     args = p.parse_args(argv)
-    specs: list[ServerSpec] = []
 
     def measure(work: Path) -> dict[str, Any]:
-        specs.extend(parse_specs(args.server))
-        return compare(specs, args.model, args.connections, args.duration, args.rounds, args.ceiling_batch, work,
-                       args.client)
+        return compare(parse_specs(args.server), args.model, args.connections, args.duration, args.rounds,
+                       args.ceiling_batch, work, args.client)
 
     result = measured(PROG, argv, args.out, measure)
     if result is None:
         return 2
     print(table(result["summary"]))
-    print(f"bench: {len(specs)} servers, {args.rounds} rounds -> {args.out}", flush=True)
+    print(f"bench: {len(result['servers'])} servers, {args.rounds} rounds -> {args.out}", flush=True)
     return 0
 
 

@@ -70,6 +70,14 @@ def large_bodies(case: ModelCase) -> dict[str, Large]:
     return out
 
 
+def parse_kinds(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated list of kinds of large body; CompareError naming any not in `allowed`."""
+    kinds = [k for k in text.split(",") if k]
+    if unknown := set(kinds) - set(allowed):
+        raise CompareError(f"unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(allowed)}")
+    return kinds
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -191,11 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "fairness.json")
     args = p.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k]
 
     def run(work: Path) -> dict[str, Any]:
-        if unknown := set(kinds) - set(KINDS):
-            raise CompareError(f"unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(KINDS)}")
+        kinds = parse_kinds(args.kinds, KINDS)
         return measure(parse_specs(args.server), args.model, kinds, args.duration, args.rounds, work)
 
     result = measured(PROG, argv, args.out, run)
