@@ -4,11 +4,11 @@
 What holds the event loop is the work done in one call (docs/server.md, "Large requests"). `/v1`
 pixel arrays: orjson alone (the server's reader until 2026-12-04), the server's reader
 (`server.wire_v1.read_predict_body`: simdjson, one call), the reader and the conversion to float32
-together (`decode_pixel_lists_in_turns`, which lets other requests run between images; the total
+together (`decode_pixel_arrays_in_turns`, which lets other requests run between images; the total
 of its turns), and pydantic (`PredictRequest`, which reads the bodies the reader leaves to it). The
 v2 `data` body: orjson alone, pydantic (`InferRequest`, the v2 route's reader until 2026-12-04),
 the route's reader (`read_infer_request`: simdjson, one call), and the reader and conversion
-together (`tensor_from_list_in_turns`). Each figure is the best of `--repeats` timings of
+together (`tensor_from_array_in_turns`). Each figure is the best of `--repeats` timings of
 `--number` reads.
 
     python -m bench.json_bodies [--number 1] [--repeats 5] [--out bench/results/json_bodies.json]
@@ -29,7 +29,7 @@ import orjson
 from bench import microbench
 from bench.fairness import large_bodies
 from bench.models import prepare
-from server.decode import decode_pixel_lists_in_turns, tensor_from_list_in_turns
+from server.decode import decode_pixel_arrays_in_turns, tensor_from_array_in_turns
 from server.errors import InvalidInput, parse_wire
 from server.repository import InputSpec
 from server.routes.v2 import read_infer_request
@@ -49,21 +49,21 @@ def measure(number: int, repeats: int) -> list[dict[str, Any]]:
     def pixels_converted() -> np.ndarray:
         read = read_predict_body(pixels)
         assert read is not None, "the server's reader left the pixel body to pydantic"
-        return asyncio.run(decode_pixel_lists_in_turns(read[0], spec))
+        return asyncio.run(decode_pixel_arrays_in_turns(read[0], spec))
 
     def v2_converted() -> np.ndarray:
         tensor = read_infer_request(v2).inputs[0]
-        return asyncio.run(tensor_from_list_in_turns(tensor.data, tensor.shape, spec))
+        return asyncio.run(tensor_from_array_in_turns(tensor.data, tensor.shape, spec))
 
     ways = [
         ("pixels", "orjson", lambda: orjson.loads(pixels)),
         ("pixels", "read_predict_body", lambda: read_predict_body(pixels)),
-        ("pixels", "read_predict_body + decode_pixel_lists_in_turns", pixels_converted),
+        ("pixels", "read_predict_body + decode_pixel_arrays_in_turns", pixels_converted),
         ("pixels", "pydantic PredictRequest", lambda: parse_wire(PredictRequest, pixels, "body", InvalidInput)),
         ("v2-json", "orjson", lambda: orjson.loads(v2)),
         ("v2-json", "pydantic InferRequest", lambda: parse_wire(InferRequest, v2, "body", InvalidInput)),
         ("v2-json", "read_infer_request", lambda: read_infer_request(v2)),
-        ("v2-json", "read_infer_request + tensor_from_list_in_turns", v2_converted),
+        ("v2-json", "read_infer_request + tensor_from_array_in_turns", v2_converted),
     ]
     return [{"body": kind, "bytes": len(bodies[kind][1]), "images": bodies[kind][3], "way": way,
              "ms": min(timeit.repeat(read, number=number, repeat=repeats)) / number * 1000}

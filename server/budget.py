@@ -6,30 +6,16 @@ A body alone does not bound what a request holds: 1.4 MB of base64 PNGs decode t
 float32 for the 28 x 28 MNIST model, and a uniform 224 x 224 RGB PNG of 675 bytes to 602,112.
 So a route reserves what it will decode before it allocates it (`Hold.inputs`); a request that
 would pass the limit gets 503 (Retry-After) while others hold it, or 413 if it would pass it alone.
-
-A JSON body of numbers, parsed, takes several times its bytes until its numbers are converted
-(simdjson's document: 3.7-6x the body measured, more by its allocation). Converted in turns with
-other requests, many such documents were alive at once (a burst of 32 bodies of 7 MiB: 1.3-2.1 GB
-against 0.4-0.7 unconverted in turns). So a body over LARGE_JSON_BYTES is parsed and converted
-while holding `InFlightBytes.large_json`, one at a time per process, and a smaller one at once
-with no turn between: at most one document is being converted at any time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 
 from server.errors import PayloadTooLarge, Unavailable
 from server.repository import InputSpec
 
 FLOAT32_BYTES = 4
-# A JSON body up to this size is parsed and converted at once (about 1 ms of numbers); a larger one
-# in turns, one at a time per process.
-LARGE_JSON_BYTES = 64 * 1024
-# `async with` for a JSON body that is not large: nothing to wait for.
-AT_ONCE = contextlib.nullcontext()
 
 
 class InFlightBytes:
@@ -38,7 +24,6 @@ class InFlightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.large_json = asyncio.Lock()  # held while a JSON body over LARGE_JSON_BYTES is read
 
     def take(self, n: int, what: str) -> None:
         if self.held + n > self.limit:
@@ -74,12 +59,6 @@ class Hold:
                 f"holds at once ({self.budget.limit}, --max-bytes-in-flight); send fewer images a request"
             )
         self.take(n, "decoded images")
-
-    def json_turn(self, body_bytes: int) -> contextlib.AbstractAsyncContextManager[object]:
-        """`async with` around parsing a JSON body and converting its numbers: over LARGE_JSON_BYTES,
-        waits for the process's other large JSON body to be done (convert it in turns then);
-        otherwise nothing (convert it at once)."""
-        return self.budget.large_json if body_bytes > LARGE_JSON_BYTES else AT_ONCE
 
     def release(self) -> None:
         self.budget.give(self.bytes)

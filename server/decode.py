@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pybase64
 import pyspng
+import simdjson
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import BadRequest, InvalidInput
@@ -205,22 +206,26 @@ def _pixels_into(instance: Any, spec: InputSpec, out: np.ndarray, index: int) ->
 
 
 def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """Pixel arrays in [0, 1], each [C, H, W] (or [H, W] for grey models): nested lists, or arrays
-    simdjson has parsed (each made into lists in its turn), at once. For a body of at most
-    LARGE_JSON_BYTES (server/budget.py); larger ones go to `decode_pixel_lists_in_turns`."""
+    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
+
+    In one go, not in turns: the lists are the JSON body parsed into Python objects (a 24-byte float
+    and an 8-byte list slot for each number of a few characters), and while one request converted
+    them in turns, other requests' parsed bodies were alive beside them (docs/server.md, "Memory").
+    Bodies parsed by simdjson go to `decode_pixel_arrays_in_turns` instead."""
     out = _new_batch(len(instances), spec)
     for i, instance in enumerate(instances):
-        _pixels_into(plain(instance), spec, out, i)
+        _pixels_into(instance, spec, out, i)
     return check_pixels(out)
 
 
-async def decode_pixel_lists_in_turns(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """`decode_pixel_lists` taking `Turns` with the other requests, for a body read under
-    `Hold.json_turn` (its parsed document is alive until the last image is converted)."""
-    out = _new_batch(len(instances), spec)
+async def decode_pixel_arrays_in_turns(arrays: simdjson.Array, spec: InputSpec) -> np.ndarray:
+    """`decode_pixel_lists` for the arrays of a body simdjson has parsed: each becomes Python lists
+    only when its turn comes (the same conversion and checks, one image's objects alive at a
+    time), taking `Turns` with the other requests."""
+    out = _new_batch(len(arrays), spec)
     turns = Turns()
-    for i, instance in enumerate(instances):
-        _pixels_into(plain(instance), spec, out, i)
+    for i, array in enumerate(arrays):
+        _pixels_into(array.as_list(), spec, out, i)
         await turns.between()
     return check_pixels(out)
 
@@ -265,11 +270,9 @@ def _tensor_of_shape(values: np.ndarray, shape: Sequence[int], n: int, spec: Inp
 
 
 def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
-    """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]; a list, or an
-    array simdjson has parsed (made into lists here), at once. For a body of at most
-    LARGE_JSON_BYTES (server/budget.py); larger ones go to `tensor_from_list_in_turns`."""
+    """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]."""
     n = check_tensor_shape(shape, spec)
-    return _tensor_of_shape(_tensor_values(plain(data)), shape, n, spec)
+    return _tensor_of_shape(_tensor_values(data), shape, n, spec)
 
 
 # About how many numbers of a v2 `data` array become Python objects, then float32, at a time.
@@ -278,14 +281,14 @@ TENSOR_PIECE = 16384
 PLAIN_JSON_TYPES = frozenset({float, int, bool, str, type(None)})
 
 
-async def tensor_from_list_in_turns(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
-    """`tensor_from_list` a piece of `data`'s top-level elements (about TENSOR_PIECE numbers) at a
-    time, taking `Turns` with the other requests, for a body read under `Hold.json_turn`. Pieces
-    that differ in shape are refused as `np.asarray` refuses the whole ragged list, so the result
-    and every refusal are `tensor_from_list`'s."""
+async def tensor_from_array_in_turns(data: simdjson.Array, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
+    """`tensor_from_list` for a `data` array simdjson has parsed: a piece of its top-level elements
+    (about TENSOR_PIECE numbers) at a time becomes Python objects and float32, taking `Turns` with
+    the other requests. Pieces that differ in shape are refused as `np.asarray` refuses the whole
+    ragged list, so the result and every refusal are `tensor_from_list`'s."""
     n = check_tensor_shape(shape, spec)
     step = max(1, min(TENSOR_PIECE, TENSOR_PIECE * len(data) // (n * math.prod(spec.shape))))
-    elements = iter(data)  # not by index: simdjson finds an array's i-th element by walking to it
+    elements = iter(data)  # by iterator: simdjson finds an array's i-th element by walking to it
     pieces: list[np.ndarray] = []
     turns = Turns()
     while piece := list(itertools.islice(elements, step)):

@@ -44,8 +44,8 @@ def read_predict_body(body: bytes) -> tuple[list[str] | simdjson.Array, float | 
 
     Pixel arrays come back as the parsed document's array (`simdjson.Array`), not as Python lists:
     simdjson parses 7 MiB of numbers in a fraction of orjson's time without making a Python object
-    of each, and the route makes one image's lists at a time (in turns with other requests for a
-    large body: `decode_pixel_lists_in_turns`; docs/server.md, "Large requests").
+    of each, and `decode_pixel_arrays_in_turns` makes one image's lists at a time, letting other
+    requests run between them (docs/server.md, "Large requests").
 
     None for anything else: a mix of images and arrays, other value types (pydantic converts some,
     such as "true" for a boolean), extra or repeated fields, invalid JSON. Such a body goes to

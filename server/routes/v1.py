@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
+import simdjson
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from server.budget import LARGE_JSON_BYTES, Hold
+from server.budget import Hold
 from server.decode import (
     Turns,
     decode_base64,
     decode_images_in_turns,
+    decode_pixel_arrays_in_turns,
     decode_pixel_lists,
-    decode_pixel_lists_in_turns,
     parse_epsilon,
 )
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
@@ -103,7 +104,7 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-def _read_json(body: bytes) -> tuple[list[str] | Sequence[Any], Any, bool]:
+async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
     read = read_predict_body(body)  # the usual bodies, without pydantic
     if read is None:
         request = parse_wire(PredictRequest, body, "body", InvalidInput)
@@ -111,18 +112,12 @@ def _read_json(body: bytes) -> tuple[list[str] | Sequence[Any], Any, bool]:
         if images and len(images) != len(request.instances):
             raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
         read = images or request.instances, request.epsilon, request.return_logits
-    return read
-
-
-async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
-    async with hold.json_turn(len(body)):
-        instances, epsilon, return_logits = _read_json(body)
-        hold.inputs(len(instances), spec)
-        if not isinstance(instances[0], str):  # pixel arrays, their parsed document alive until converted
-            if len(body) > LARGE_JSON_BYTES:
-                return await decode_pixel_lists_in_turns(instances, spec), epsilon, return_logits
-            return decode_pixel_lists(instances, spec), epsilon, return_logits
-    # base64 images: strings, their document gone already
+    instances, epsilon, return_logits = read
+    hold.inputs(len(instances), spec)
+    if isinstance(instances, simdjson.Array):
+        return await decode_pixel_arrays_in_turns(instances, spec), epsilon, return_logits
+    if isinstance(instances[0], list):  # parsed by pydantic: converted at once, then freed
+        return decode_pixel_lists(instances, spec), epsilon, return_logits
     files = [decode_base64(b64, n) for n, b64 in enumerate(instances)]
     return await decode_images_in_turns(files, spec), epsilon, return_logits
 

@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from server import package_version
-from server.budget import LARGE_JSON_BYTES, Hold
+from server.budget import Hold
 from server.decode import (
     DATATYPE_FP32,
     parse_epsilon,
+    tensor_from_array_in_turns,
     tensor_from_bytes,
     tensor_from_list,
-    tensor_from_list_in_turns,
 )
 from server.errors import BadRequest, parse_wire
 from server.responses import FastJSONResponse, dumps
@@ -98,10 +98,10 @@ def _without_data(document: simdjson.Object) -> dict[str, Any] | None:
 
 def read_infer_request(json_part: bytes) -> InferRequest:
     """The JSON part as an `InferRequest`. A JSON `data` stays as simdjson parsed it, made into
-    numbers later (in turns for a large body, `tensor_from_list_in_turns`): parsed by pydantic, 7
-    MiB of it held the event loop 153 ms in one call (docs/server.md, "Large requests"). Anything
-    simdjson or that reading does not take goes to pydantic's JSON parser, which accepts it or
-    names what is wrong."""
+    numbers later in turns (`tensor_from_array_in_turns`): parsed by pydantic, 7 MiB of it held the
+    event loop 153 ms and took several times its size as Python objects (docs/server.md, "Large
+    requests"). Anything simdjson or that reading does not take goes to pydantic's JSON parser,
+    which accepts it or names what is wrong."""
     try:
         document = simdjson.Parser().parse(json_part)  # a parser a request: `data` refers to it
     except (ValueError, RuntimeError):  # not JSON, or numbers or depth simdjson does not take
@@ -114,13 +114,10 @@ def read_infer_request(json_part: bytes) -> InferRequest:
     return parse_wire(InferRequest, json_part, "inference header", _invalid_request)
 
 
-async def _input_tensor(
-    request: InferRequest, binary: memoryview, service: ModelService, hold: Hold, in_turns: bool
-) -> np.ndarray:
+async def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService, hold: Hold) -> np.ndarray:
     """The input as a float32 batch, counted in the request's `Hold` (at most twice the body's bytes,
     so counted once made; a binary tensor counts as a copy, though an aligned one is a view of the
-    body). A JSON `data`, converted `in_turns` for a large body (`Hold.json_turn`), is dropped from
-    `request` once converted, before the model runs."""
+    body). A JSON `data` is dropped from `request` once converted, before the model runs."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = [i.name[:32] for i in request.inputs]
         raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")
@@ -134,8 +131,8 @@ async def _input_tensor(
             raise BadRequest(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
         if tensor.data is None:
             raise BadRequest("input has neither data nor parameters.binary_data_size")
-        if in_turns:
-            array = await tensor_from_list_in_turns(tensor.data, tensor.shape, spec)
+        if type(tensor.data) is simdjson.Array:
+            array = await tensor_from_array_in_turns(tensor.data, tensor.shape, spec)
         else:
             array = tensor_from_list(tensor.data, tensor.shape, spec)
         tensor.data = None
@@ -242,10 +239,8 @@ class OpenInferenceAPI:
         request.scope["gloro.model"] = service.spec.name
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
-        hold: Hold = request.scope["gloro.hold"]
-        async with hold.json_turn(len(json_part)):
-            infer_request = read_infer_request(json_part)
-            inputs = await _input_tensor(infer_request, binary, service, hold, len(json_part) > LARGE_JSON_BYTES)
+        infer_request = read_infer_request(json_part)
+        inputs = await _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
         return encode_response(infer_request, await service.predict(inputs, epsilon))

@@ -19,7 +19,7 @@ from server.decode import (
     _png_fast_path,
     decode_images,
     decode_images_in_turns,
-    decode_pixel_lists_in_turns,
+    decode_pixel_arrays_in_turns,
     decode_pixel_lists,
 )
 from server.errors import InvalidInput
@@ -179,8 +179,8 @@ def parsed_instances(instances: list) -> simdjson.Array:
 def test_a_large_request_converts_its_pixel_arrays_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
     instances = (mnist_test[0][:64] / 255).tolist()
     arrays = parsed_instances(instances)
-    assert first_done(decode_pixel_lists_in_turns(arrays, GREY), one_step()) == ["small", "large"]
-    np.testing.assert_array_equal(asyncio.run(decode_pixel_lists_in_turns(arrays, GREY)),
+    assert first_done(decode_pixel_arrays_in_turns(arrays, GREY), one_step()) == ["small", "large"]
+    np.testing.assert_array_equal(asyncio.run(decode_pixel_arrays_in_turns(arrays, GREY)),
                                   decode_pixel_lists(instances, GREY))
 
 
@@ -198,7 +198,7 @@ def test_a_large_request_converts_its_pixel_arrays_in_turns_with_other_requests(
 def test_parsed_pixel_arrays_are_checked_as_python_lists_are(instances: list, refusal: str | None) -> None:
     outcomes = []
     for convert in (lambda: decode_pixel_lists(instances, GREY),
-                    lambda: asyncio.run(decode_pixel_lists_in_turns(parsed_instances(instances), GREY))):
+                    lambda: asyncio.run(decode_pixel_arrays_in_turns(parsed_instances(instances), GREY))):
         if refusal is None:
             outcomes.append(convert())
         else:

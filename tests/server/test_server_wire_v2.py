@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from json_text import json_bytes
 
 from server import decode
-from server.decode import tensor_from_list_in_turns, tensor_from_list
+from server.decode import tensor_from_array_in_turns, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.repository import InputSpec
 from server.routes.v2 import _invalid_request, read_infer_request
@@ -112,10 +112,10 @@ def parsed(data: list) -> simdjson.Array:
 
 
 def converted(data: list, shape: list[int]) -> tuple[str, bytes | str]:
-    """What tensor_from_list and tensor_from_list_in_turns make of `data`: the tensor or the refusal."""
+    """What tensor_from_list and tensor_from_array_in_turns make of `data`: the tensor or the refusal."""
     outcomes = []
     for convert in (lambda: tensor_from_list(data, shape, GREY),
-                    lambda: asyncio.run(tensor_from_list_in_turns(parsed(data), shape, GREY))):
+                    lambda: asyncio.run(tensor_from_array_in_turns(parsed(data), shape, GREY))):
         try:
             tensor = convert()
             outcomes.append(tensor.tobytes() + repr(tensor.shape).encode())
@@ -162,7 +162,7 @@ def test_data_is_made_in_turns_with_other_requests(monkeypatch: pytest.MonkeyPat
 
     async def main() -> None:
         data = parsed([0.5] * 16)
-        await asyncio.gather(run("large", tensor_from_list_in_turns(data, [4, 1, 2, 2], GREY)), run("small", asyncio.sleep(0)))
+        await asyncio.gather(run("large", tensor_from_array_in_turns(data, [4, 1, 2, 2], GREY)), run("small", asyncio.sleep(0)))
 
     asyncio.run(main())
     assert order == ["small", "large"]
