@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "fastapi", "starlette", "uvicorn", "uvloop",
-            "httptools", "pydantic", "pillow", "pyspng", "pybase64", "orjson", "pysimdjson", "prometheus-client", "litserve")
+            "httptools", "pydantic", "pillow", "pyspng", "pybase64", "orjson", "prometheus-client", "litserve")
 
 
 def _read(path: str) -> str:

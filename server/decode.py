@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import io
-import itertools
 import math
 import struct
 import time
@@ -20,12 +19,10 @@ from typing import Any
 import numpy as np
 import pybase64
 import pyspng
-import simdjson
 from PIL import Image, UnidentifiedImageError
 
 from server.errors import BadRequest, InvalidInput
 from server.repository import InputSpec
-from server.wire_json import plain
 
 # Pillow formats accepted; anything else is refused before a decoder runs.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
@@ -190,43 +187,26 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
 
 
-def _pixels_into(instance: Any, spec: InputSpec, out: np.ndarray, index: int) -> None:
-    c, h, w = spec.shape
-    try:
-        array = np.asarray(instance, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidInput(
-            f"instance {index}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
-        ) from None
-    if array.shape == (h, w) and c == 1:
-        array = array[None]
-    if array.shape != (c, h, w):
-        raise InvalidInput(f"instance {index}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
-    out[index] = array
-
-
 def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
     """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
 
     In one go, not in turns: the lists are the JSON body parsed into Python objects (a 24-byte float
     and an 8-byte list slot for each number of a few characters), and while one request converted
-    them in turns, other requests' parsed bodies were alive beside them (docs/server.md, "Memory").
-    Bodies parsed by simdjson go to `decode_pixel_arrays_in_turns` instead."""
+    them in turns, other requests' parsed bodies were alive beside them (docs/server.md, "Memory")."""
+    c, h, w = spec.shape
     out = _new_batch(len(instances), spec)
     for i, instance in enumerate(instances):
-        _pixels_into(instance, spec, out, i)
-    return check_pixels(out)
-
-
-async def decode_pixel_arrays_in_turns(arrays: simdjson.Array, spec: InputSpec) -> np.ndarray:
-    """`decode_pixel_lists` for the arrays of a body simdjson has parsed: each becomes Python lists
-    only when its turn comes (the same conversion and checks, one image's objects alive at a
-    time), taking `Turns` with the other requests."""
-    out = _new_batch(len(arrays), spec)
-    turns = Turns()
-    for i, array in enumerate(arrays):
-        _pixels_into(array.as_list(), spec, out, i)
-        await turns.between()
+        try:
+            array = np.asarray(instance, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(
+                f"instance {i}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
+            ) from None
+        if array.shape == (h, w) and c == 1:
+            array = array[None]
+        if array.shape != (c, h, w):
+            raise InvalidInput(f"instance {i}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
+        out[i] = array
     return check_pixels(out)
 
 
@@ -255,49 +235,13 @@ def tensor_from_bytes(buffer: memoryview, shape: Sequence[int], spec: InputSpec)
     return check_pixels(array)
 
 
-def _tensor_values(data: Any) -> np.ndarray:
-    try:
-        return np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):
-        raise BadRequest("input data must be a flat or nested list of numbers") from None
-
-
-def _tensor_of_shape(values: np.ndarray, shape: Sequence[int], n: int, spec: InputSpec) -> np.ndarray:
-    expected = n * math.prod(spec.shape)
-    if values.size != expected:
-        raise BadRequest(f"input data holds {values.size} values; shape {list(shape)} needs {expected}")
-    return check_pixels(values.reshape(n, *spec.shape))
-
-
 def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
     """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]."""
     n = check_tensor_shape(shape, spec)
-    return _tensor_of_shape(_tensor_values(data), shape, n, spec)
-
-
-# About how many numbers of a v2 `data` array become Python objects, then float32, at a time.
-TENSOR_PIECE = 16384
-# What simdjson makes of a JSON scalar; an array or object element is a proxy, converted whole.
-PLAIN_JSON_TYPES = frozenset({float, int, bool, str, type(None)})
-
-
-async def tensor_from_array_in_turns(data: simdjson.Array, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
-    """`tensor_from_list` for a `data` array simdjson has parsed: a piece of its top-level elements
-    (about TENSOR_PIECE numbers) at a time becomes Python objects and float32, taking `Turns` with
-    the other requests. Pieces that differ in shape are refused as `np.asarray` refuses the whole
-    ragged list, so the result and every refusal are `tensor_from_list`'s."""
-    n = check_tensor_shape(shape, spec)
-    step = max(1, min(TENSOR_PIECE, TENSOR_PIECE * len(data) // (n * math.prod(spec.shape))))
-    elements = iter(data)  # by iterator: simdjson finds an array's i-th element by walking to it
-    pieces: list[np.ndarray] = []
-    turns = Turns()
-    while piece := list(itertools.islice(elements, step)):
-        if not PLAIN_JSON_TYPES.issuperset(map(type, piece)):  # nested: arrays (or objects) to convert
-            piece = [plain(element) for element in piece]
-        values = _tensor_values(piece)
-        if pieces and values.shape[1:] != pieces[0].shape[1:]:
-            raise BadRequest("input data must be a flat or nested list of numbers")
-        pieces.append(values)
-        await turns.between()
-    values = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.float32)
-    return _tensor_of_shape(values, shape, n, spec)
+    try:
+        array = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequest("input data must be a flat or nested list of numbers") from None
+    if array.size != n * math.prod(spec.shape):
+        raise BadRequest(f"input data holds {array.size} values; shape {list(shape)} needs {n * math.prod(spec.shape)}")
+    return check_pixels(array.reshape(n, *spec.shape))

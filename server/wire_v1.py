@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import simdjson
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
-
-from server.wire_json import known_fields
 
 MAX_INSTANCES = 4096
 
@@ -38,44 +36,39 @@ class PredictRequest(BaseModel):
 PREDICT_FIELDS = frozenset(PredictRequest.model_fields)  # the fields a body may have, from the model
 
 
-def read_predict_body(body: bytes) -> tuple[list[str] | simdjson.Array, float | None, bool] | None:
+def read_predict_body(body: bytes) -> tuple[list[str] | list[list[Any]], float | None, bool] | None:
     """The usual JSON bodies, read without pydantic: their instances (all base64 strings, or all
-    pixel arrays), epsilon and return_logits.
-
-    Pixel arrays come back as the parsed document's array (`simdjson.Array`), not as Python lists:
-    simdjson parses 7 MiB of numbers in a fraction of orjson's time without making a Python object
-    of each, and `decode_pixel_arrays_in_turns` makes one image's lists at a time, letting other
-    requests run between them (docs/server.md, "Large requests").
+    pixel arrays as nested lists), epsilon and return_logits.
 
     None for anything else: a mix of images and arrays, other value types (pydantic converts some,
-    such as "true" for a boolean), extra or repeated fields, invalid JSON. Such a body goes to
-    `PredictRequest`, which accepts or refuses it and names what is wrong; what this function
-    accepts, PredictRequest accepts with the same values (tests/server/test_server_wire.py). On the
-    event loop it costs about 10 us a request less than pydantic (docs/benchmarks.md, item 17).
+    such as "true" for a boolean), extra fields, invalid JSON. Such a body goes to `PredictRequest`,
+    which accepts or refuses it and names what is wrong; what this function accepts,
+    PredictRequest accepts with the same values (tests/server/test_server_wire.py). On the
+    event loop it costs about 10 us a request less than pydantic (docs/benchmarks.md, item 17),
+    and 7 MiB of pixel arrays 151 ms against 206 (`python -m bench.json_bodies`).
     """
     try:
-        request = simdjson.Parser().parse(body)  # a parser a request: the arrays refer to it
-    except (ValueError, RuntimeError):  # not JSON, or numbers or depth simdjson does not take
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
-    fields = known_fields(request, PREDICT_FIELDS)
-    if fields is None:
+    if type(request) is not dict or not request.keys() <= PREDICT_FIELDS:
         return None
-    instances = fields.get("instances")
-    epsilon = fields.get("epsilon")
-    return_logits = fields.get("return_logits", False)
+    instances = request.get("instances")
+    epsilon = request.get("epsilon")
+    return_logits = request.get("return_logits", False)
     if (
-        type(instances) is not simdjson.Array
+        type(instances) is not list
         or not 0 < len(instances) <= MAX_INSTANCES
         or type(return_logits) is not bool
         or (epsilon is not None and type(epsilon) not in (int, float))
     ):
         return None
-    if type(instances[0]) is simdjson.Array:
+    if type(instances[0]) is list:
         return (instances, None if epsilon is None else float(epsilon), return_logits) if all(
-            type(instance) is simdjson.Array for instance in instances) else None
+            type(instance) is list for instance in instances) else None
     images = []
     for instance in instances:
-        if type(instance) is not simdjson.Object or len(instance) != 1 or type(b64 := instance.get("b64")) is not str:
+        if type(instance) is not dict or len(instance) != 1 or type(b64 := instance.get("b64")) is not str:
             return None
         images.append(b64)
     return images, (None if epsilon is None else float(epsilon)), return_logits

@@ -6,20 +6,12 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
-import simdjson
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from server.budget import Hold
-from server.decode import (
-    Turns,
-    decode_base64,
-    decode_images_in_turns,
-    decode_pixel_arrays_in_turns,
-    decode_pixel_lists,
-    parse_epsilon,
-)
+from server.decode import Turns, decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
@@ -114,10 +106,8 @@ async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.nda
         read = images or request.instances, request.epsilon, request.return_logits
     instances, epsilon, return_logits = read
     hold.inputs(len(instances), spec)
-    if isinstance(instances, simdjson.Array):
-        return await decode_pixel_arrays_in_turns(instances, spec), epsilon, return_logits
-    if isinstance(instances[0], list):  # parsed by pydantic: converted at once, then freed
-        return decode_pixel_lists(instances, spec), epsilon, return_logits
+    if isinstance(instances[0], list):
+        return decode_pixel_lists(instances, spec), epsilon, return_logits  # then the lists are freed
     files = [decode_base64(b64, n) for n, b64 in enumerate(instances)]
     return await decode_images_in_turns(files, spec), epsilon, return_logits
 

@@ -9,25 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import simdjson
 from fastapi import Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from server import package_version
 from server.budget import Hold
-from server.decode import (
-    DATATYPE_FP32,
-    parse_epsilon,
-    tensor_from_array_in_turns,
-    tensor_from_bytes,
-    tensor_from_list,
-)
+from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
-from server.wire_json import known_fields, plain
 from server.wire_v2 import (
     BINARY_HEADER,
     InferRequest,
@@ -77,47 +68,11 @@ def _invalid_request(problems: str) -> BadRequest:
     return BadRequest(f"inference request: {problems}")
 
 
-REQUEST_FIELDS = frozenset(InferRequest.model_fields)
-INPUT_FIELDS = frozenset(RequestInput.model_fields)
-
-
-def _without_data(document: simdjson.Object) -> dict[str, Any] | None:
-    """The request as Python objects, but each input's `data` array left as simdjson parsed it; None
-    for a request with fields the wire models do not have, or repeated ones (`known_fields`)."""
-    request = known_fields(document, REQUEST_FIELDS)
-    if request is None or type(inputs := request.get("inputs")) is not simdjson.Array:
-        return None
-    tensors = []
-    for tensor in inputs:
-        fields = known_fields(tensor, INPUT_FIELDS)
-        if fields is None:
-            return None
-        tensors.append({key: value if key == "data" else plain(value) for key, value in fields.items()})
-    return {key: tensors if key == "inputs" else plain(value) for key, value in request.items()}
-
-
-def read_infer_request(json_part: bytes) -> InferRequest:
-    """The JSON part as an `InferRequest`. A JSON `data` stays as simdjson parsed it, made into
-    numbers later in turns (`tensor_from_array_in_turns`): parsed by pydantic, 7 MiB of it held the
-    event loop 153 ms and took several times its size as Python objects (docs/server.md, "Large
-    requests"). Anything simdjson or that reading does not take goes to pydantic's JSON parser,
-    which accepts it or names what is wrong."""
-    try:
-        document = simdjson.Parser().parse(json_part)  # a parser a request: `data` refers to it
-    except (ValueError, RuntimeError):  # not JSON, or numbers or depth simdjson does not take
-        document = None
-    if (request := _without_data(document)) is not None:
-        try:
-            return InferRequest.model_validate(request)
-        except ValidationError:
-            pass  # pydantic's JSON parser names the fault in the request as sent
-    return parse_wire(InferRequest, json_part, "inference header", _invalid_request)
-
-
-async def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService, hold: Hold) -> np.ndarray:
+def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService, hold: Hold) -> np.ndarray:
     """The input as a float32 batch, counted in the request's `Hold` (at most twice the body's bytes,
     so counted once made; a binary tensor counts as a copy, though an aligned one is a view of the
-    body). A JSON `data` is dropped from `request` once converted, before the model runs."""
+    body). A JSON `data` list is dropped from `request` once converted, before the model runs: as
+    Python numbers it takes several times its JSON (docs/server.md, "Memory")."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = [i.name[:32] for i in request.inputs]
         raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")
@@ -131,11 +86,7 @@ async def _input_tensor(request: InferRequest, binary: memoryview, service: Mode
             raise BadRequest(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
         if tensor.data is None:
             raise BadRequest("input has neither data nor parameters.binary_data_size")
-        if type(tensor.data) is simdjson.Array:
-            array = await tensor_from_array_in_turns(tensor.data, tensor.shape, spec)
-        else:
-            array = tensor_from_list(tensor.data, tensor.shape, spec)
-        tensor.data = None
+        array, tensor.data = tensor_from_list(tensor.data, tensor.shape, spec), None
         hold.take(array.nbytes, "the decoded input")
         return array
     if tensor.data is not None:
@@ -239,8 +190,8 @@ class OpenInferenceAPI:
         request.scope["gloro.model"] = service.spec.name
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
-        infer_request = read_infer_request(json_part)
-        inputs = await _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
+        infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
+        inputs = _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
         return encode_response(infer_request, await service.predict(inputs, epsilon))

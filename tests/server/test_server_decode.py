@@ -9,19 +9,11 @@ import io
 
 import httpx
 import numpy as np
-import orjson
 import pytest
-import simdjson
 from PIL import Image
 
 from server import decode
-from server.decode import (
-    _png_fast_path,
-    decode_images,
-    decode_images_in_turns,
-    decode_pixel_arrays_in_turns,
-    decode_pixel_lists,
-)
+from server.decode import _png_fast_path, decode_images, decode_images_in_turns
 from server.errors import InvalidInput
 from server.repository import InputSpec
 from server.routes.v1 import MULTIPART_PIECE, PiecewiseRequest
@@ -170,39 +162,3 @@ def test_a_multipart_body_that_came_whole_is_parsed_in_pieces_taking_turns(mnist
     assert first_done(form(request()), one_step()) == ["small", "large"]
     form = asyncio.run(form(request()))
     assert [asyncio.run(f.read()) for f in form.getlist("files")] == pngs
-
-
-def parsed_instances(instances: list) -> simdjson.Array:
-    return simdjson.Parser().parse(orjson.dumps({"instances": instances}))["instances"]
-
-
-def test_a_large_request_converts_its_pixel_arrays_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
-    instances = (mnist_test[0][:64] / 255).tolist()
-    arrays = parsed_instances(instances)
-    assert first_done(decode_pixel_arrays_in_turns(arrays, GREY), one_step()) == ["small", "large"]
-    np.testing.assert_array_equal(asyncio.run(decode_pixel_arrays_in_turns(arrays, GREY)),
-                                  decode_pixel_lists(instances, GREY))
-
-
-@pytest.mark.parametrize(
-    ("instances", "refusal"),
-    [
-        ([[[0.5] * 28] * 28, [[0.5] * 28] * 27], "instance 1: shape \\[27, 28\\], model expects \\[1, 28, 28\\]"),
-        ([[[0.5] * 28] * 27 + [[0.5] * 27]], "instance 0: not a rectangular array"),  # ragged
-        ([[[0.5] * 27 + ["0.5"]] * 28], None),  # numpy reads the string, as it did from pydantic's lists
-        ([[[0.5] * 27 + [True]] * 28], None),
-        ([[[0.5] * 27 + [None]] * 28], "pixel values must be finite and in \\[0, 1\\]"),  # None is NaN
-        ([[[0.5] * 27 + [1.5]] * 28], "pixel values must be finite and in \\[0, 1\\]; got min 0.5, max 1.5"),
-    ],
-)
-def test_parsed_pixel_arrays_are_checked_as_python_lists_are(instances: list, refusal: str | None) -> None:
-    outcomes = []
-    for convert in (lambda: decode_pixel_lists(instances, GREY),
-                    lambda: asyncio.run(decode_pixel_arrays_in_turns(parsed_instances(instances), GREY))):
-        if refusal is None:
-            outcomes.append(convert())
-        else:
-            with pytest.raises(InvalidInput, match=refusal):
-                convert()
-    if refusal is None:
-        np.testing.assert_array_equal(*outcomes)

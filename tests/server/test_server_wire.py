@@ -9,23 +9,13 @@ import json
 import numpy as np
 import orjson
 import pytest
-import simdjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from json_text import json_bytes
 from pydantic import ValidationError
 
 from server.wire_v1 import MAX_INSTANCES, PredictRequest, read_predict_body
 
 IMAGE = {"b64": "iVBORw0KGgo="}
-
-
-def reading(body: bytes) -> tuple[list, float | None, bool] | None:
-    """`read_predict_body`, its pixel arrays as the Python lists the route makes of them."""
-    read = read_predict_body(body)
-    if read is not None and isinstance(read[0], simdjson.Array):
-        return [array.as_list() for array in read[0]], *read[1:]
-    return read
 
 
 def pydantic_reading(body: bytes) -> tuple[list, float | None, bool] | None:
@@ -55,7 +45,7 @@ def pydantic_reading(body: bytes) -> tuple[list, float | None, bool] | None:
 )
 def test_the_usual_body_is_read_as_pydantic_reads_it(body, read) -> None:
     raw = json.dumps(body).encode()
-    assert reading(raw) == read == pydantic_reading(raw)
+    assert read_predict_body(raw) == read == pydantic_reading(raw)
 
 
 @pytest.mark.parametrize(
@@ -75,11 +65,6 @@ def test_the_usual_body_is_read_as_pydantic_reads_it(body, read) -> None:
         b'{"instances": [{"b64": "iVBO"}]',  # truncated
         b"",
         b'{"instances": [{"b64": "iVBO"}], "epsilon": NaN}',
-        b'{"instances": [{"b64": "iVBO"}], "epsilon": 0.1, "epsilon": 0.2}',  # pydantic takes the last
-        b'{"instances": [{"b64": "iVBO", "b64": "AAAA"}]}',
-        b'{"instances": [{"b64": "iVBO"}], "\\u0000": 1}',  # a key simdjson cannot look up
-        b'{"instances": [{"\\u0000": "iVBO"}]}',
-        b'{"instances": [[[0.5, 18446744073709551616]]]}',  # past 64 bits: simdjson refuses, pydantic takes
     ],
 )
 def test_anything_else_is_left_to_pydantic(body) -> None:
@@ -111,8 +96,11 @@ bodies = near_usual | st.dictionaries(st.sampled_from(["instances", "epsilon", "
 @settings(max_examples=400, deadline=None)
 @given(bodies)
 def test_what_the_reader_accepts_pydantic_accepts_with_the_same_values(body) -> None:
-    raw = json_bytes(body)
-    read = reading(raw)
+    try:
+        raw = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits: not JSON orjson writes
+        raw = json.dumps(body).encode()
+    read = read_predict_body(raw)
     if read is None:
         return
     expected = pydantic_reading(raw)
@@ -124,7 +112,9 @@ def test_what_the_reader_accepts_pydantic_accepts_with_the_same_values(body) -> 
 
 
 def as_pixels(instances: list) -> list[bytes] | str:
-    """What the server makes of pixel arrays, shapes aside: float32 pixels in [0, 1], or a refusal."""
+    """What the server makes of pixel arrays, shapes aside: float32 pixels in [0, 1], or a refusal.
+    (orjson reads an integer below -2**63 as a float where pydantic keeps it whole: as float32 pixels
+    the two are the same.)"""
     try:
         with np.errstate(over="ignore"):  # a number past float32's range becomes inf, refused below
             arrays = [np.asarray(i, dtype=np.float32) for i in instances]
