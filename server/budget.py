@@ -6,25 +6,16 @@ A body alone does not bound what a request holds: 1.4 MB of base64 PNGs decode t
 float32 for the 28 x 28 MNIST model, and a uniform 224 x 224 RGB PNG of 675 bytes to 602,112.
 So a route reserves what it will decode before it allocates it (`Hold.inputs`); a request that
 would pass the limit gets 503 (Retry-After) while others hold it, or 413 if it would pass it alone.
-
-A JSON body of numbers, parsed, takes several times its bytes as Python objects until converted.
-A body over LARGE_JSON_BYTES is parsed and converted in turns with other requests while holding
-`InFlightBytes.large_json`, one such body at a time per process; a smaller one at once, with no
-turn between. So at most one parsed body of numbers is alive at any time, as when every body was
-converted at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from server.errors import PayloadTooLarge, Unavailable
 from server.repository import InputSpec
 
 FLOAT32_BYTES = 4
-# A JSON body up to this size is parsed and converted at once (about a millisecond of numbers).
-LARGE_JSON_BYTES = 64 * 1024
 
 
 class InFlightBytes:
@@ -33,7 +24,6 @@ class InFlightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.large_json = asyncio.Lock()  # held while a JSON body over LARGE_JSON_BYTES is read
 
     def take(self, n: int, what: str) -> None:
         if self.held + n > self.limit:

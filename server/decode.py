@@ -187,42 +187,26 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
 
 
-def _pixels_into(instance: Any, spec: InputSpec, out: np.ndarray, index: int) -> None:
-    c, h, w = spec.shape
-    try:
-        array = np.asarray(instance, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidInput(
-            f"instance {index}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
-        ) from None
-    if array.shape == (h, w) and c == 1:
-        array = array[None]
-    if array.shape != (c, h, w):
-        raise InvalidInput(f"instance {index}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
-    out[index] = array
-
-
 def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models), at once.
+    """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
 
-    Parsed, a JSON body's numbers take several times their bytes as Python objects (a 24-byte float
-    and an 8-byte list slot for a number of a few characters). A body of at most LARGE_JSON_BYTES
-    (server/budget.py) is parsed and converted with no turn between, so its objects never outlive
-    the call; a larger one goes to `decode_pixel_lists_in_turns`."""
+    In one go, not in turns: the lists are the JSON body parsed into Python objects (a 24-byte float
+    and an 8-byte list slot for each number of a few characters), and while one request converted
+    them in turns, other requests' parsed bodies were alive beside them (docs/server.md, "Memory")."""
+    c, h, w = spec.shape
     out = _new_batch(len(instances), spec)
     for i, instance in enumerate(instances):
-        _pixels_into(instance, spec, out, i)
-    return check_pixels(out)
-
-
-async def decode_pixel_lists_in_turns(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
-    """`decode_pixel_lists` taking `Turns` with the other requests, for a large body read while
-    holding `InFlightBytes.large_json` (one such body's objects alive at a time)."""
-    out = _new_batch(len(instances), spec)
-    turns = Turns()
-    for i, instance in enumerate(instances):
-        _pixels_into(instance, spec, out, i)
-        await turns.between()
+        try:
+            array = np.asarray(instance, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(
+                f"instance {i}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
+            ) from None
+        if array.shape == (h, w) and c == 1:
+            array = array[None]
+        if array.shape != (c, h, w):
+            raise InvalidInput(f"instance {i}: shape {list(array.shape)}, model expects [{c}, {h}, {w}]")
+        out[i] = array
     return check_pixels(out)
 
 
@@ -251,47 +235,13 @@ def tensor_from_bytes(buffer: memoryview, shape: Sequence[int], spec: InputSpec)
     return check_pixels(array)
 
 
-def _tensor_values(data: Any) -> np.ndarray:
+def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
+    """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]."""
+    n = check_tensor_shape(shape, spec)
     try:
-        return np.asarray(data, dtype=np.float32)
+        array = np.asarray(data, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
         raise BadRequest("input data must be a flat or nested list of numbers") from None
-
-
-def _tensor_of_shape(values: np.ndarray, shape: Sequence[int], n: int, spec: InputSpec) -> np.ndarray:
-    expected = n * math.prod(spec.shape)
-    if values.size != expected:
-        raise BadRequest(f"input data holds {values.size} values; shape {list(shape)} needs {expected}")
-    return check_pixels(values.reshape(n, *spec.shape))
-
-
-def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
-    """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W], at once (a body
-    of at most LARGE_JSON_BYTES; larger ones go to `tensor_from_list_in_turns`)."""
-    n = check_tensor_shape(shape, spec)
-    return _tensor_of_shape(_tensor_values(data), shape, n, spec)
-
-
-# About how many numbers of a v2 `data` list become float32 at a time.
-TENSOR_PIECE = 16384
-
-
-async def tensor_from_list_in_turns(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
-    """`tensor_from_list` a piece of `data`'s top-level elements (about TENSOR_PIECE numbers) at a
-    time, taking `Turns` with the other requests, for a large body read while holding
-    `InFlightBytes.large_json`. Pieces that differ in shape are refused as `np.asarray` refuses the
-    whole ragged list, so the result and every refusal are `tensor_from_list`'s."""
-    if not isinstance(data, list):
-        return tensor_from_list(data, shape, spec)
-    n = check_tensor_shape(shape, spec)
-    step = max(1, min(TENSOR_PIECE, TENSOR_PIECE * len(data) // (n * math.prod(spec.shape))))
-    pieces: list[np.ndarray] = []
-    turns = Turns()
-    for start in range(0, len(data), step):
-        values = _tensor_values(data[start : start + step])
-        if pieces and values.shape[1:] != pieces[0].shape[1:]:
-            raise BadRequest("input data must be a flat or nested list of numbers")
-        pieces.append(values)
-        await turns.between()
-    values = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.float32)
-    return _tensor_of_shape(values, shape, n, spec)
+    if array.size != n * math.prod(spec.shape):
+        raise BadRequest(f"input data holds {array.size} values; shape {list(shape)} needs {n * math.prod(spec.shape)}")
+    return check_pixels(array.reshape(n, *spec.shape))

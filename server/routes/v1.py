@@ -10,15 +10,8 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from server.budget import LARGE_JSON_BYTES, Hold
-from server.decode import (
-    Turns,
-    decode_base64,
-    decode_images_in_turns,
-    decode_pixel_lists,
-    decode_pixel_lists_in_turns,
-    parse_epsilon,
-)
+from server.budget import Hold
+from server.decode import Turns, decode_base64, decode_images_in_turns, decode_pixel_lists, parse_epsilon
 from server.errors import InvalidInput, UnsupportedMediaType, parse_wire
 from server.repository import InputSpec
 from server.responses import FastJSONResponse
@@ -103,7 +96,7 @@ def predict_body(prediction: Prediction, return_logits: bool) -> dict[str, Any]:
     }
 
 
-def _read_json(body: bytes) -> tuple[list[str] | list[list[Any]], Any, bool]:
+async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
     read = read_predict_body(body)  # the usual bodies, without pydantic
     if read is None:
         request = parse_wire(PredictRequest, body, "body", InvalidInput)
@@ -111,34 +104,12 @@ def _read_json(body: bytes) -> tuple[list[str] | list[list[Any]], Any, bool]:
         if images and len(images) != len(request.instances):
             raise InvalidInput("instances must be all {'b64': ...} images or all pixel arrays, not a mix")
         read = images or request.instances, request.epsilon, request.return_logits
-    return read
-
-
-async def _decode_base64_images(instances: list[str], spec: InputSpec) -> np.ndarray:
-    return await decode_images_in_turns([decode_base64(b64, n) for n, b64 in enumerate(instances)], spec)
-
-
-async def _decode_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
-    if len(body) > LARGE_JSON_BYTES:
-        return await _decode_large_json(body, spec, hold)
-    instances, epsilon, return_logits = _read_json(body)
+    instances, epsilon, return_logits = read
     hold.inputs(len(instances), spec)
     if isinstance(instances[0], list):
         return decode_pixel_lists(instances, spec), epsilon, return_logits  # then the lists are freed
-    return await _decode_base64_images(instances, spec), epsilon, return_logits
-
-
-async def _decode_large_json(body: bytes, spec: InputSpec, hold: Hold) -> tuple[np.ndarray, Any, bool]:
-    """A body over LARGE_JSON_BYTES, read while holding the process's `large_json` lock: pixel
-    arrays are converted in turns with the other requests, one such body's parsed numbers alive at
-    a time (server/budget.py); base64 images let go of it once read (their strings are copies of
-    what the body holds, and decoding them is counted in the request's Hold)."""
-    async with hold.budget.large_json:
-        instances, epsilon, return_logits = _read_json(body)
-        hold.inputs(len(instances), spec)
-        if isinstance(instances[0], list):
-            return await decode_pixel_lists_in_turns(instances, spec), epsilon, return_logits
-    return await _decode_base64_images(instances, spec), epsilon, return_logits
+    files = [decode_base64(b64, n) for n, b64 in enumerate(instances)]
+    return await decode_images_in_turns(files, spec), epsilon, return_logits
 
 
 class PiecewiseRequest(Request):

@@ -6,7 +6,6 @@ One input, `input` FP32 [-1, C, H, W]; outputs `label` INT64 [-1], `certified` B
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -14,14 +13,8 @@ from fastapi import Request
 from starlette.responses import Response
 
 from server import package_version
-from server.budget import LARGE_JSON_BYTES, Hold
-from server.decode import (
-    DATATYPE_FP32,
-    parse_epsilon,
-    tensor_from_bytes,
-    tensor_from_list,
-    tensor_from_list_in_turns,
-)
+from server.budget import Hold
+from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
@@ -75,14 +68,11 @@ def _invalid_request(problems: str) -> BadRequest:
     return BadRequest(f"inference request: {problems}")
 
 
-async def _input_tensor(
-    request: InferRequest, binary: memoryview, service: ModelService, hold: Hold, in_turns: bool
-) -> np.ndarray:
+def _input_tensor(request: InferRequest, binary: memoryview, service: ModelService, hold: Hold) -> np.ndarray:
     """The input as a float32 batch, counted in the request's `Hold` (at most twice the body's bytes,
     so counted once made; a binary tensor counts as a copy, though an aligned one is a view of the
-    body). A JSON `data` list, converted `in_turns` for a large body, is dropped from `request` once
-    converted, before the model runs: as Python numbers it takes several times its JSON
-    (docs/server.md, "Memory")."""
+    body). A JSON `data` list is dropped from `request` once converted, before the model runs: as
+    Python numbers it takes several times its JSON (docs/server.md, "Memory")."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = [i.name[:32] for i in request.inputs]
         raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")
@@ -96,11 +86,7 @@ async def _input_tensor(
             raise BadRequest(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
         if tensor.data is None:
             raise BadRequest("input has neither data nor parameters.binary_data_size")
-        if in_turns:
-            array = await tensor_from_list_in_turns(tensor.data, tensor.shape, spec)
-        else:
-            array = tensor_from_list(tensor.data, tensor.shape, spec)
-        tensor.data = None
+        array, tensor.data = tensor_from_list(tensor.data, tensor.shape, spec), None
         hold.take(array.nbytes, "the decoded input")
         return array
     if tensor.data is not None:
@@ -204,11 +190,8 @@ class OpenInferenceAPI:
         request.scope["gloro.model"] = service.spec.name
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
-        hold: Hold = request.scope["gloro.hold"]
-        large = len(json_part) > LARGE_JSON_BYTES  # JSON `data` converted in turns, one such body at a time
-        async with hold.budget.large_json if large else contextlib.nullcontext():
-            infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
-            inputs = await _input_tensor(infer_request, binary, service, hold, in_turns=large)
+        infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
+        inputs = _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
         return encode_response(infer_request, await service.predict(inputs, epsilon))

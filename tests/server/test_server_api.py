@@ -7,14 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from conftest import make_settings
 from server.app import create_app
-from server.budget import LARGE_JSON_BYTES
 from server_support import png_bytes
 from tiny_model import reference
 
@@ -63,25 +61,6 @@ def test_json_base64_and_pixel_arrays_agree(client, mnist_test) -> None:
     a, b = client.post("/v1/predict", json=b64).json(), client.post("/v1/predict", json=pixels).json()
     assert a == b and a["epsilon"] == 0.1
     assert "logits" in client.post("/v1/predict", json=grey2d).json()["predictions"][0]
-
-
-def test_large_json_bodies_of_numbers_agree_with_images_and_binary_tensors(client, mnist_test) -> None:
-    """Bodies over LARGE_JSON_BYTES are converted in turns, a piece at a time: the same answers."""
-    images = mnist_test[0][:64]
-    pixels = orjson.dumps({"instances": (images / 255).tolist()})
-    b64 = {"instances": [{"b64": base64.b64encode(png_bytes(im)).decode()} for im in images]}
-    x = (images / 255).astype(np.float32)
-    v2_json = orjson.dumps({"inputs": [{"name": "input", "shape": [64, 1, 28, 28], "datatype": "FP32",
-                                        "data": x.ravel().tolist()}], "outputs": [{"name": "label"}, {"name": "radius"}]})
-    assert min(len(pixels), len(v2_json)) > LARGE_JSON_BYTES
-    json_headers = {"Content-Type": "application/json"}
-    answer = client.post("/v1/predict", content=pixels, headers=json_headers)
-    assert answer.status_code == 200 and answer.json() == client.post("/v1/predict", json=b64).json()
-    body, headers = v2_binary(images, outputs=[{"name": "label"}, {"name": "radius"}])
-    binary, by_json = client.post("/v2/models/tiny/infer", content=body, headers=headers), \
-        client.post("/v2/models/tiny/infer", content=v2_json, headers=json_headers)
-    assert by_json.status_code == 200 and by_json.json()["outputs"] == binary.json()["outputs"]
-    assert len(by_json.json()["outputs"][0]["data"]) == 64
 
 
 def test_query_eps_and_model_default(client, mnist_test) -> None:

@@ -13,16 +13,8 @@ import pytest
 from PIL import Image
 
 from server import decode
-from server.decode import (
-    _png_fast_path,
-    decode_images,
-    decode_images_in_turns,
-    decode_pixel_lists,
-    decode_pixel_lists_in_turns,
-    tensor_from_list,
-    tensor_from_list_in_turns,
-)
-from server.errors import BadRequest, InvalidInput
+from server.decode import _png_fast_path, decode_images, decode_images_in_turns
+from server.errors import InvalidInput
 from server.repository import InputSpec
 from server.routes.v1 import MULTIPART_PIECE, PiecewiseRequest
 
@@ -170,57 +162,3 @@ def test_a_multipart_body_that_came_whole_is_parsed_in_pieces_taking_turns(mnist
     assert first_done(form(request()), one_step()) == ["small", "large"]
     form = asyncio.run(form(request()))
     assert [asyncio.run(f.read()) for f in form.getlist("files")] == pngs
-
-
-def test_a_large_request_converts_its_pixel_lists_in_turns_with_other_requests(mnist_test, every_image_a_turn) -> None:
-    instances = (mnist_test[0][:64] / 255).tolist()
-    assert first_done(decode_pixel_lists_in_turns(instances, GREY), one_step()) == ["small", "large"]
-    np.testing.assert_array_equal(asyncio.run(decode_pixel_lists_in_turns(instances, GREY)),
-                                  decode_pixel_lists(instances, GREY))
-
-
-# -- v2 JSON `data` of a large body: converted a piece at a time, to what it is at once -----------
-
-TINY = InputSpec(shape=(1, 2, 2), color_mode="L")
-
-
-@pytest.fixture
-def pieces_of_two_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decode, "TENSOR_PIECE", 2)
-
-
-def tensor_or_refusal(convert) -> bytes | str:
-    try:
-        tensor = convert()
-    except (BadRequest, InvalidInput) as exc:
-        return str(exc)
-    return tensor.tobytes() + repr(tensor.shape).encode()
-
-
-@pytest.mark.parametrize(
-    ("data", "shape"),
-    [
-        ([0, 0.25, 0.5, 1] * 3, [3, 1, 2, 2]),  # flat
-        ([[[[0, 0.25], [0.5, 1]]]] * 3, [3, 1, 2, 2]),  # nested
-        ([[0, 0.25, 0.5, 1]] * 3, [3, 1, 2, 2]),  # nested otherwise, the same count
-        ([[[[0, 0.25], [0.5, 1]]], [[[0, 0.25], [0.5]]]], [2, 1, 2, 2]),  # ragged in the last piece
-        ([[0, 0.25], [0.5, 1], 0.5, 0.5], [1, 1, 2, 2]),  # pieces of different depth
-        ([0, 0.25, 0.5], [1, 1, 2, 2]),  # a value short
-        ([0, 0.25, 0.5, 1, 1], [1, 1, 2, 2]),
-        ([0, "0.25", True, 1], [1, 1, 2, 2]),  # numpy reads these, at once or in pieces
-        ([0, None, 0.5, 1], [1, 1, 2, 2]),  # NaN
-        ([0, 0.25, 0.5, 2], [1, 1, 2, 2]),
-        ([0, "x", 0.5, 1], [1, 1, 2, 2]),
-        ([], [1, 1, 2, 2]),
-        ({"a": 1}, [1, 1, 2, 2]),
-        (0.5, [1, 1, 2, 2]),
-        ([0, 0.25, 0.5, 1], [1, 1, 2]),
-    ],
-)
-def test_data_converted_a_piece_at_a_time_is_what_it_is_at_once(data, shape: list[int], pieces_of_two_numbers) -> None:
-    at_once = tensor_or_refusal(lambda: tensor_from_list(data, shape, TINY))
-    assert tensor_or_refusal(lambda: asyncio.run(tensor_from_list_in_turns(data, shape, TINY))) == at_once
-
-
-def test_data_is_converted_in_turns_with_other_requests(every_image_a_turn, pieces_of_two_numbers) -> None:
-    assert first_done(tensor_from_list_in_turns([0.5] * 16, [4, 1, 2, 2], TINY), one_step()) == ["small", "large"]
