@@ -63,6 +63,23 @@ def test_json_base64_and_pixel_arrays_agree(client, mnist_test) -> None:
     assert "logits" in client.post("/v1/predict", json=grey2d).json()["predictions"][0]
 
 
+def test_json_bodies_of_numbers_agree_with_images_and_binary_tensors(client, mnist_test) -> None:
+    images = mnist_test[0][:64]
+    pixels = {"instances": (images / 255).tolist()}
+    b64 = {"instances": [{"b64": base64.b64encode(png_bytes(im)).decode()} for im in images]}
+    x = (images / 255).astype(np.float32)
+    outputs = [{"name": "label"}, {"name": "radius"}]
+    v2_json = {"inputs": [{"name": "input", "shape": [64, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}],
+               "outputs": outputs}
+    answer = client.post("/v1/predict", json=pixels)
+    assert answer.status_code == 200 and answer.json() == client.post("/v1/predict", json=b64).json()
+    body, headers = v2_binary(images, outputs=outputs)
+    binary, by_json = client.post("/v2/models/tiny/infer", content=body, headers=headers), \
+        client.post("/v2/models/tiny/infer", json=v2_json)
+    assert by_json.status_code == 200 and by_json.json()["outputs"] == binary.json()["outputs"]
+    assert len(by_json.json()["outputs"][0]["data"]) == 64
+
+
 def test_query_eps_and_model_default(client, mnist_test) -> None:
     png = png_bytes(mnist_test[0][0])
     r0 = client.post("/v1/predict?epsilon=0", content=png, headers={"Content-Type": "image/png"}).json()
