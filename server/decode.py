@@ -137,7 +137,8 @@ def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int
 
 class Turns:
     """For work a request does item by item on the event loop: `await turns.between()` after each
-    item lets the loop run its other work (other requests) once this one has had TURN_S."""
+    item lets the loop run its other work (other requests), and other threads take the GIL, once
+    this one has had TURN_S."""
 
     __slots__ = ("_ends",)
 
@@ -146,6 +147,10 @@ class Turns:
 
     async def between(self) -> None:
         if time.perf_counter() > self._ends:
+            # Also let go of the GIL for a moment: the event loop yielding to its other requests
+            # keeps it, and a batch thread needing it between two calls into onnxruntime waited up
+            # to 100 ms while the loop decoded a large request (docs/server.md, "Large requests").
+            time.sleep(0)
             await asyncio.sleep(0)
             self._ends = time.perf_counter() + TURN_S
 

@@ -162,3 +162,19 @@ def test_a_multipart_body_that_came_whole_is_parsed_in_pieces_taking_turns(mnist
     assert first_done(form(request()), one_step()) == ["small", "large"]
     form = asyncio.run(form(request()))
     assert [asyncio.run(f.read()) for f in form.getlist("files")] == pngs
+
+
+def test_a_turn_ends_by_letting_go_of_the_gil_and_of_the_event_loop(mnist_test, every_image_a_turn, monkeypatch) -> None:
+    """The event loop yielding to its other requests keeps the GIL; a batch thread needing it
+    between two calls into onnxruntime waited up to 100 ms while the loop decoded a large request
+    (docs/server.md, "Large requests"). So each turn's end also sleeps for no time, which lets go
+    of it: once per image here, and not at all within a turn."""
+    pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:8]]
+    sleeps: list[float] = []
+    monkeypatch.setattr(decode.time, "sleep", sleeps.append)
+    asyncio.run(decode_images_in_turns(pngs, GREY))
+    assert sleeps == [0] * len(pngs)
+    monkeypatch.setattr(decode, "TURN_S", 60.0)
+    sleeps.clear()
+    asyncio.run(decode_images_in_turns(pngs, GREY))
+    assert sleeps == []
