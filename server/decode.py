@@ -148,8 +148,9 @@ class Turns:
     async def between(self) -> None:
         if time.perf_counter() > self._ends:
             # Also let go of the GIL for a moment: the event loop yielding to its other requests
-            # keeps it, and a batch thread needing it between two calls into onnxruntime waited up
-            # to 100 ms while the loop decoded a large request (docs/server.md, "Large requests").
+            # keeps it, and a batch thread needing it between two calls into onnxruntime took up
+            # to 129 ms for a one-image batch while the loop decoded a large request
+            # (docs/server.md, "Large requests").
             time.sleep(0)
             await asyncio.sleep(0)
             self._ends = time.perf_counter() + TURN_S

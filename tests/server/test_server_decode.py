@@ -166,9 +166,9 @@ def test_a_multipart_body_that_came_whole_is_parsed_in_pieces_taking_turns(mnist
 
 def test_a_turn_ends_by_letting_go_of_the_gil_and_of_the_event_loop(mnist_test, every_image_a_turn, monkeypatch) -> None:
     """The event loop yielding to its other requests keeps the GIL; a batch thread needing it
-    between two calls into onnxruntime waited up to 100 ms while the loop decoded a large request
-    (docs/server.md, "Large requests"). So each turn's end also sleeps for no time, which lets go
-    of it: once per image here, and not at all within a turn."""
+    between two calls into onnxruntime took up to 129 ms for a one-image batch while the loop
+    decoded a large request (docs/server.md, "Large requests"). So each turn's end also sleeps for
+    no time, which lets go of it: once per image here, and not at all within a turn."""
     pngs = [encode(Image.fromarray(d)) for d in mnist_test[0][:8]]
     sleeps: list[float] = []
     monkeypatch.setattr(decode.time, "sleep", sleeps.append)
