@@ -56,6 +56,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                     side["cifar"]["ratios"][f"{key}/e"], 0.9, True, how)
         if serving.get("cifar", {}).get("device") == "cuda":
             add(f"GPU: 6C2F at {c} connections: batching / unbatched", side["cifar"]["ratios"]["a/b"], 10.0, True, how)
+            if side["cifar"]["ratios"].get("w2/bw2") is not None:  # absent from runs before the pair
+                add(f"GPU: 6C2F at {c} connections: batching / unbatched, --workers 2 each",
+                    side["cifar"]["ratios"]["w2/bw2"], 10.0, True, how)
     if mnist:
         a, plain, lit = (_row(mnist["targets"].get(k, {}).get("rows", []), c) for k in ("a", "c", "d"))
         ratio = lambda x, y: x["req_per_s"] / y["req_per_s"] if x and y and y["req_per_s"] else None  # noqa: E731

@@ -63,6 +63,11 @@ def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, pee
         Target("w2", f"gloro-serve (batching, max {max_batch_size}) --workers 2 --reuse-port",
                [*serve, "--max-batch-size", str(max_batch_size), "--workers", "2", "--reuse-port"], "/v1/predict"),
     ]
+    if device == "cuda":
+        # (b) as two processes too: on a GPU host, batching against unbatching at the same process
+        # count, since one process's HTTP path bounds (a)/(b) (docs/benchmarks-gpu.md).
+        out.append(Target("bw2", "gloro-serve --max-batch-size 1 --workers 2 --reuse-port",
+                          [*serve, "--max-batch-size", "1", "--workers", "2", "--reuse-port"], "/v1/predict"))
     if peers:
         peer = [sys.executable, "-m", "bench.peers"]
         out.append(Target("c", "plain FastAPI (unbatched)", [*peer, "plain", "--model", "{model}", "--port", "{port}"],
@@ -372,7 +377,7 @@ def headline(case: ModelCase, work: Path, connections: int, duration_s: float, r
         "median_req_per_s": {k: statistics.median(e[k]["req_per_s"] for e in per_round) for k in keys},
         "median_p99_ms": {k: statistics.median(e[k]["p99_ms"] for e in per_round) for k in servers},
         "ratios": {"a2/a": ratio("a2", "a"), "a2/e": ratio("a2", "e"), "w2/a": ratio("w2", "a"),
-                   "w2/e": ratio("w2", "e"), "a/b": ratio("a", "b"),
+                   "w2/e": ratio("w2", "e"), "a/b": ratio("a", "b"), "w2/bw2": ratio("w2", "bw2"),
                    "a/c": ratio("a", "c"), "a/d": ratio("a", "d"), "a/e": ratio("a", "e"),
                    "p99 a/d": ratio("a", "d", "p99_ms")},
     }

@@ -115,5 +115,22 @@ def test_on_a_gpu_the_batching_target_is_judged_side_by_side() -> None:
     results = {"serving": {"cifar": {"device": "cuda", "targets": {}}}, "headline": {"cifar": side}}
     got = {v["target"]: (v["value"], v["met"]) for v in report.verdicts(results)}
     assert got["GPU: 6C2F at 64 connections: batching / unbatched"] == (4.25, False)
+    assert not any("--workers 2 each" in name for name in got)  # a run without the two-worker pair
+    side["ratios"]["w2/bw2"] = 10.5
+    got = {v["target"]: (v["value"], v["met"]) for v in report.verdicts(results)}
+    assert got["GPU: 6C2F at 64 connections: batching / unbatched, --workers 2 each"] == (10.5, True)
     results["serving"]["cifar"]["device"] = "cpu"
     assert not any(v["target"].startswith("GPU") for v in report.verdicts(results))
+
+
+@pytest.mark.unit
+def test_on_a_gpu_the_unbatched_server_also_runs_with_as_many_workers_as_the_batching_one() -> None:
+    from bench.models import ModelCase
+    from bench.serving import targets
+
+    case = ModelCase("cifar", "cifar-6c2f", "6C2F", Path("repo"), Path("m.onnx"), Path("l.onnx"), (3, 32, 32),
+                     "random (seed 0)", b"")
+    on_gpu = {t.key: t.command for t in targets(case, "torch", "cuda", 64, peers=False)}
+    assert on_gpu["bw2"][-5:] == ["--max-batch-size", "1", "--workers", "2", "--reuse-port"]
+    assert on_gpu["w2"][-5:] == ["--max-batch-size", "64", "--workers", "2", "--reuse-port"]
+    assert "bw2" not in {t.key for t in targets(case, "onnxruntime", "cpu", 64, peers=False)}

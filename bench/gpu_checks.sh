@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU checks in one short run, on a machine whose python3 has CUDA torch: the CUDA tests, then
+# the GPU benchmark suite cut to fit a short lease (6C2F, 1 and 64 connections, 3 s a level).
+# Optional, for a bare machine with no package index: WHEELS (a folder of the server's wheels,
+# installed with --no-deps into /tmp/site), TOOLS (bin/ with wrk, lib/ with its libluajit) and
+# MNIST (the IDX files, copied to ../shared/datasets/mnist where the tests look).
+# Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, bench.log, benchmarks.json,
+# benchmarks-gpu.md and the plots.
+set -u -o pipefail
+OUT=${OUT:-/tmp/gpu-checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+if [ -n "${TOOLS:-}" ]; then export PATH="$TOOLS/bin:$PATH" LD_LIBRARY_PATH="$TOOLS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+if [ -n "${MNIST:-}" ]; then mkdir -p ../shared/datasets && cp -r "$MNIST" ../shared/datasets/mnist; fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+wrk --version 2>&1 | head -1
+python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py 2>&1 \
+  | tee "$OUT/cuda-tests.log"
+python3 -m bench.run --backend torch --device cuda --only overhead,serving --models cifar --concurrency 1,64 \
+  --duration 3 --max-batch-size 64 --out /tmp/gpubench --docs /tmp/gpubench/benchmarks-gpu.md \
+  --note "${NOTE:-GPU lease: torch backend on CUDA, load generator and servers on one host, 3 s per load level}" \
+  2>&1 | tee "$OUT/bench.log"
+cp /tmp/gpubench/benchmarks.json /tmp/gpubench/benchmarks-gpu.md /tmp/gpubench/*.png "$OUT"/ 2>/dev/null
+ls "$OUT"
