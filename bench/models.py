@@ -118,7 +118,7 @@ def export_random(architecture: str, input_shape: tuple[int, int, int], classes:
         "architecture": architecture,
         "onnx": {"file": "model.onnx", "sha256": sha256(onnx_path), "opset": OPSET},
         "provenance": {"note": f"random weights (seed {seed}) for benchmarks; certifies nothing useful",
-                       "config": asdict(config)},
+                       "config": asdict(config), "epochs": 0},  # untrained: the torch backend reads this
     }
     (folder / "gloro.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return onnx_path

@@ -33,3 +33,21 @@ def test_an_earlier_random_export_keeps_its_bound_but_its_graph_is_written_again
     assert len(onnx.load(str(onnx_path)).graph.node) == nodes
     with pytest.raises(AssertionError, match="computed again"):  # another seed: other weights, another bound
         models.export_random("2c2f", (1, 12, 12), 10, folder, "tiny", seed=1)
+
+
+def test_a_random_export_is_served_by_the_torch_backend_as_by_onnxruntime(tmp_path):
+    """The GPU suite serves random weights with --backend torch: its manifest must read as an export."""
+    import numpy as np
+
+    from server.backends import backend_factory
+    from server.repository import load_repository
+
+    models.export_random("2c2f", (1, 12, 12), 10, tmp_path / "tiny" / "1", "tiny")
+    x = np.random.default_rng(0).random((3, 1, 12, 12), dtype=np.float32)
+    answers = []
+    for backend in ("torch", "onnxruntime"):
+        served = backend_factory(backend, "cpu", 0)(load_repository(tmp_path)["tiny"])
+        served.load()
+        answers.append(served.run(x))
+    assert answers[0].label.tolist() == answers[1].label.tolist()
+    np.testing.assert_allclose(answers[0].radius, answers[1].radius, rtol=1e-4, atol=1e-6)
