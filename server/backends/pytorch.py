@@ -43,6 +43,7 @@ class TorchBackend(Backend):
         device = resolve_device(self.device)
         try:
             self._predictor = TorchPredictor(self.spec.directory, device)
+            self._predictor.capture(self.spec.manifest.input.shape)  # CUDA graphs; nothing on the CPU
         except CheckpointError as exc:
             raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
 

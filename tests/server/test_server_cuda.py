@@ -56,3 +56,20 @@ def test_a_server_on_cuda_answers_real_pngs_as_the_cpu_does(mnist_test) -> None:
     assert np.allclose([p["radius"] for p in predictions], expected.radius, rtol=1e-4, atol=1e-5)
     assert all(p["certified"] == (p["radius"] > 1.58) for p in predictions)
     assert sum(p["label"] == y for p, y in zip(predictions, labels[:100])) >= 90
+
+
+@pytest.mark.integration
+def test_captured_cuda_graphs_answer_as_onnxruntime_at_every_batch_size(mnist_test) -> None:
+    """Batches run as CUDA graphs padded to a bucket (larger ones eagerly): a smaller batch after a
+    larger one must not see the rows the larger one left in the buffers."""
+    from models.torch_backend import GRAPH_BUCKETS
+
+    gpu = backend_factory("torch", "cuda", 0)(load_repository(SHIPPED)["mnist-4c3f"])
+    gpu.load()
+    assert sorted(gpu._predictor._graphs) == list(GRAPH_BUCKETS)
+    for n in (64, 3, 1, 200, 300):
+        pixels = mnist_test[0][1000: 1000 + n]
+        on_gpu, on_cpu = gpu.run((pixels.astype(np.float32) / 255)[:, None]), answers_on_the_cpu("mnist-4c3f", pixels)
+        assert on_gpu.label.tolist() == on_cpu.label.tolist(), n
+        assert np.allclose(on_gpu.radius, on_cpu.radius, rtol=1e-4, atol=1e-5), n
+        assert np.allclose(on_gpu.logits, on_cpu.logits, rtol=1e-4, atol=1e-4), n
