@@ -3,7 +3,7 @@ function, for (a) batching and (b) `--max-batch-size 1`.
 
 While wrk (or the Python client) holds `--connections` open, it reads each thread's CPU from /proc
 for `--seconds`, then samples the server's Python stacks with py-spy for as long again (every
-thread's stacks, then only the thread holding the GIL). Profiling for issue 6, not a benchmark:
+thread's stacks, then only the thread holding the GIL; skipped, and said so, without py-spy). Profiling for issue 6, not a benchmark:
 py-spy stops the process to sample it, so its windows serve fewer requests than bench.run's would.
 
     python -m bench.spy [--models cifar] [--backend torch --device cuda] [--max-batch-size 64] \
@@ -98,6 +98,8 @@ def thread_names(collapsed: Path) -> dict[int, str]:
 
 
 def py_spy(pid: int, seconds: float, out: Path, gil: bool) -> dict[str, Any]:
+    if shutil.which("py-spy") is None:
+        return {"error": "py-spy is not on PATH (pip install py-spy; it is in the bench extra)"}
     command = ["py-spy", "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "200", "--format", "raw",
                "--threads", "-o", str(out), *(["--gil"] if gil else [])]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -151,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spy")
     args = p.parse_args(argv)
-    if shutil.which("py-spy") is None:
-        p.error("py-spy is not on PATH (pip install py-spy; it is in the bench extra)")
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     work.mkdir(exist_ok=True)
