@@ -82,9 +82,9 @@ def parse_specs(texts: list[str]) -> list[ServerSpec]:
 
 
 def start_servers(stack: ExitStack, specs: list[ServerSpec], case: ModelCase, work: Path,
-                  tag: str) -> dict[str, Running]:
+                  tag: str, backend: str = "onnxruntime", device: str = "cpu") -> dict[str, Running]:
     """Each server named, started (a revision's from its own worktree) and answering, until `stack` closes."""
-    serve = serve_command(case)
+    serve = serve_command(case, backend, device)
     servers: dict[str, Running] = {}
     for spec in specs:
         cwd = stack.enter_context(checkout(spec.revision, work)) if spec.revision else ROOT
@@ -137,15 +137,16 @@ def summarise(per_round: list[dict[str, Any]], labels: list[str]) -> dict[str, d
 
 
 def compare(specs: list[ServerSpec], model: str, connections: int, duration_s: float, rounds: int,
-            batch_size: int, work: Path, client: str) -> dict[str, Any]:
+            batch_size: int, work: Path, client: str, backend: str = "onnxruntime",
+            device: str = "cpu") -> dict[str, Any]:
     case = prepare(model, work)
-    models = ceiling_backends(case, "onnxruntime", "cpu")
+    models = ceiling_backends(case, backend, device)
     with ExitStack() as stack:
-        servers = start_servers(stack, specs, case, work, "compare")
+        servers = start_servers(stack, specs, case, work, "compare", backend, device)
         per_round = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
                                  batch_size, f"{case.key} compare")
     labels = [s.label for s in specs]
-    return {"model": case.name, "connections": connections, "duration_s": duration_s, "ceiling_batch": batch_size,
+    return {"model": case.name, "backend": backend, "device": device, "connections": connections, "duration_s": duration_s, "ceiling_batch": batch_size,
             "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in specs},
             "rounds": per_round, "summary": summarise(per_round, labels)}
 
@@ -168,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ceiling-batch", type=int, default=32, help="batch size of the in-process ceiling")
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                   help="every server's backend, and the ceiling's")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "compare.json")
     args = p.parse_args(argv)
 
     def measure(work: Path) -> dict[str, Any]:
         return compare(parse_specs(args.server), args.model, args.connections, args.duration, args.rounds,
-                       args.ceiling_batch, work, args.client)
+                       args.ceiling_batch, work, args.client, args.backend, args.device)
 
     result = measured(PROG, argv, args.out, measure)
     if result is None:

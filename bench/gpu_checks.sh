@@ -5,7 +5,8 @@
 # installed with --no-deps into /tmp/site), TOOLS (bin/ with wrk, lib/ with its libluajit) and
 # MNIST (the IDX files, copied to ../shared/datasets/mnist where the tests look).
 # Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, bench.log, benchmarks.json,
-# benchmarks-gpu.md and the plots.
+# benchmarks-gpu.md, the plots and compare-switch.json (8 files). The tests and the suite took 286 s on
+# an H200 host (2026-12-04); the comparison adds 4 servers x 3 rounds x 3 s, the ceiling and starts.
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -24,5 +25,12 @@ python3 -m bench.run --backend torch --device cuda --only overhead,serving --mod
   --duration 3 --max-batch-size 64 --out /tmp/gpubench --docs /tmp/gpubench/benchmarks-gpu.md \
   --note "${NOTE:-GPU lease: torch backend on CUDA, load generator and servers on one host, 3 s per load level}" \
   2>&1 | tee "$OUT/bench.log"
-cp /tmp/gpubench/benchmarks.json /tmp/gpubench/benchmarks-gpu.md /tmp/gpubench/*.png "$OUT"/ 2>/dev/null
+# The batching server's batches spent 4.8 ms each in the backend against 0.8 ms of GPU work, about
+# Python's 5 ms GIL switch interval (docs/benchmarks-gpu.md): try 0.5 ms, side by side.
+python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
+  --server 'a=--max-batch-size 64' --server 'a-switch-0.5=--max-batch-size 64 --switch-interval-ms 0.5' \
+  --server 'b=--max-batch-size 1' --server 'b-switch-0.5=--max-batch-size 1 --switch-interval-ms 0.5' \
+  --out /tmp/gpubench/compare-switch.json 2>&1 | tee -a "$OUT/bench.log"
+cp /tmp/gpubench/benchmarks.json /tmp/gpubench/benchmarks-gpu.md /tmp/gpubench/*.png /tmp/gpubench/compare-switch.json \
+  "$OUT"/ 2>/dev/null
 ls "$OUT"

@@ -51,3 +51,26 @@ def test_one_short_round_serves_a_revision_beside_this_checkout(tmp_path: Path) 
     assert result["summary"]["head"]["ratio_to_first"] == 1.0
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert str(tmp_path) not in worktrees  # the revision's checkout is removed afterwards
+
+
+def test_the_servers_and_the_ceiling_can_run_the_torch_backend(tmp_path: Path, monkeypatch) -> None:
+    """As on a GPU host (--backend torch --device cuda); here on the CPU."""
+    started = []
+    real_running = compare.running
+
+    def running(target, *args, **kwargs):
+        started.append(target.command)
+        return real_running(target, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "running", running)
+    out = tmp_path / "compare.json"
+    argv = ["--model", "mnist", "--server", "a=--max-batch-size 8", "--backend", "torch", "--device", "cpu",
+            "--connections", "2", "--duration", "0.5", "--rounds", "1", "--out", str(out)]
+    assert compare.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert (result["backend"], result["device"]) == ("torch", "cpu")
+    [command] = started
+    assert " --backend torch --device cpu " in " ".join(command)
+    log = (tmp_path / "tmp" / "compare" / "compare-a.log").read_text()
+    row = result["rounds"][0]
+    assert row["e"]["req_per_s"] > 0 and row["a"]["successes"] > 0 and row["a"]["errors"] == {}, log
