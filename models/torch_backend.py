@@ -83,12 +83,18 @@ class TorchPredictor:
         self._lock = threading.Lock()  # a graph's buffers serve one batch at a time (--instances N)
 
     @torch.inference_mode()
-    def capture(self, image_shape: Sequence[int], buckets: Sequence[int] = GRAPH_BUCKETS) -> None:
-        """On CUDA, capture the forward pass for each bucket of batch sizes (at load, before serving)."""
+    def capture(self, image_shape: Sequence[int], buckets: Sequence[int] = GRAPH_BUCKETS) -> str | None:
+        """On CUDA, capture the forward pass for each bucket of batch sizes (at load, before serving).
+        Graphs only save launches: if capture fails (out of memory, say), every batch runs eagerly
+        and the reason is returned for the caller to log."""
         if self.device.type != "cuda":
-            return
-        self._graph_shape = tuple(image_shape)
-        self._graphs = {b: CapturedForward(self.module, (b, *image_shape), self.device) for b in sorted(buckets)}
+            return None
+        try:
+            graphs = {b: CapturedForward(self.module, (b, *image_shape), self.device) for b in sorted(buckets)}
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self._graph_shape, self._graphs = tuple(image_shape), graphs
+        return None
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,10 +5,14 @@ torch and the `models` package are imported only when this backend is loaded.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from server.backends.base import Backend, BackendError, BatchOutput
 from server.repository import ModelSpec
+
+log = logging.getLogger("server.backends")
 
 INSTALL_HINT = "the torch backend needs torch and the models package: pip install 'gloro-serve[train]'"
 
@@ -43,9 +47,11 @@ class TorchBackend(Backend):
         device = resolve_device(self.device)
         try:
             self._predictor = TorchPredictor(self.spec.directory, device)
-            self._predictor.capture(self.spec.manifest.input.shape)  # CUDA graphs; nothing on the CPU
         except CheckpointError as exc:
             raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
+        failed = self._predictor.capture(self.spec.manifest.input.shape)  # CUDA graphs; nothing on the CPU
+        if failed:
+            log.warning("%s: CUDA graphs not captured, every batch runs eagerly (%s)", self.spec.name, failed)
 
     def _forward(self, batch: np.ndarray) -> BatchOutput:
         if self._predictor is None:
