@@ -28,8 +28,8 @@ python3 -m bench.run --backend torch --device cuda --only overhead,serving --mod
 # The batching server's batches spent 4.8 ms each in the backend against 0.8 ms of GPU work, about
 # Python's 5 ms GIL switch interval (docs/benchmarks-gpu.md): try 0.5 ms, side by side.
 python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
-  --server 'a=--max-batch-size 64' --server 'a-switch-0.5=--max-batch-size 64 --switch-interval-ms 0.5' \
-  --server 'b=--max-batch-size 1' --server 'b-switch-0.5=--max-batch-size 1 --switch-interval-ms 0.5' \
+  --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
+  --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
   --out /tmp/gpubench/compare-switch.json 2>&1 | tee -a "$OUT/bench.log"
 cp /tmp/gpubench/benchmarks.json /tmp/gpubench/benchmarks-gpu.md /tmp/gpubench/*.png /tmp/gpubench/compare-switch.json \
   "$OUT"/ 2>/dev/null
