@@ -128,7 +128,7 @@ def profile(case: models.ModelCase, target: serving.Target, connections: int, se
         stacks = py_spy(server.pgid, seconds, out / f"spy-{target.key}.txt", gil=False)
         holding_gil = py_spy(server.pgid, seconds, out / f"spy-{target.key}-gil.txt", gil=True)
         loader.join()
-    names = thread_names(out / f"spy-{target.key}.txt")
+    names = {} if "error" in stacks else thread_names(out / f"spy-{target.key}.txt")  # not an earlier run's
     for thread in threads:
         thread["name"] = names.get(thread["tid"], thread["name"])
     result = dataclasses.asdict(load["result"])
