@@ -7,7 +7,7 @@ thread's stacks, then only the thread holding the GIL; skipped, and said so, wit
 py-spy stops the process to sample it, so its windows serve fewer requests than bench.run's would.
 
     python -m bench.spy [--models cifar] [--backend torch --device cuda] [--max-batch-size 64] \
-        [--connections 64] [--seconds 6] [--out bench/results/spy]
+        [--connections 64] [--seconds 6] [--serve-flags '--switch-interval-ms 0.5'] [--out bench/results/spy]
 
 Writes OUT/spy.json (each thread's CPU in cores, req/s in the CPU window, the heaviest functions
 by share of samples) and py-spy's collapsed stacks, OUT/spy-<server>[-gil].txt.
@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -151,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--serve-flags", default="", help="more gloro-serve flags for both servers, e.g. "
+                   "'--switch-interval-ms 0.5' (the server sets its own interval at start)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spy")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     work.mkdir(exist_ok=True)
     case = models.prepare(args.models, work)
-    chosen = {t.key: t for t in serving.targets(case, args.backend, args.device, args.max_batch_size, peers=False)}
+    extra = shlex.split(args.serve_flags)
+    chosen = {t.key: dataclasses.replace(t, command=[*t.command, *extra])
+              for t in serving.targets(case, args.backend, args.device, args.max_batch_size, peers=False)}
     results: dict[str, Any] = {"command": "python -m bench.spy " + " ".join(argv or sys.argv[1:]),
                                "model": case.name, "backend": args.backend, "device": args.device,
                                "connections": args.connections, "servers": {}}

@@ -54,9 +54,12 @@ def test_a_busy_thread_shows_its_cpu_and_an_idle_one_none() -> None:
 
 @pytest.mark.e2e
 def test_both_servers_are_measured_under_load(tmp_path, capsys) -> None:
-    assert spy.main(["--models", "mnist", "--seconds", "1", "--connections", "8", "--out", str(tmp_path)]) == 0
+    argv = ["--models", "mnist", "--seconds", "1", "--connections", "8", "--serve-flags", "--switch-interval-ms 0.5",
+            "--out", str(tmp_path)]
+    assert spy.main(argv) == 0
     result = json.loads((tmp_path / "spy.json").read_text())
     a, b = result["servers"]["a"], result["servers"]["b"]
+    assert a["command"].endswith("--switch-interval-ms 0.5") and b["command"].endswith("--switch-interval-ms 0.5")
     for server in (a, b):
         window = server["in_cpu_window"]
         assert window["req_per_s"] > 0 and window["process_cpu_ms_per_request"] > 0
