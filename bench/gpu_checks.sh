@@ -3,17 +3,24 @@
 # the GPU benchmark suite cut to fit a short lease (6C2F, 1 and 64 connections, 3 s a level).
 # Optional, for a bare machine with no package index: WHEELS (a folder of the server's wheels,
 # installed with --no-deps into /tmp/site), TOOLS (bin/ with wrk, lib/ with its libluajit) and
-# MNIST (the IDX files, copied to ../shared/datasets/mnist where the tests look).
-# Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, bench.log, benchmarks.json,
-# benchmarks-gpu.md, the plots and compare-switch.json (8 files). The tests and the suite took 286 s on
-# an H200 host (2026-12-04); the comparison adds 4 servers x 3 rounds x 3 s, the ceiling and starts.
+# MNIST (the IDX files, copied to ../shared/datasets/mnist where the tests look). On the H200 image
+# (Python 3.12, torch, numpy, onnxruntime, prometheus-client, pillow, uvloop, h11, anyio, httpx
+# already there) the wheels carried on 2026-12-04 were fastapi, starlette, uvicorn, pydantic,
+# pydantic-core, pydantic-settings, python-dotenv, annotated-types, typing-inspection,
+# typing-extensions, opentelemetry-api (fastapi 0.165 imports it), orjson, python-multipart,
+# httptools, pyspng, pybase64 and py-spy, each the version this project's venv has.
+# Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, bench.log, benchmarks.json
+# (`python -m bench.report benchmarks.json docs/benchmarks-gpu.md` draws the plots beside it and
+# writes the page), compare-switch.json and spy-graphs.json. The tests and the suite took 286 s on an
+# H200 host (2026-12-04); the comparison adds 4 servers x 3 rounds x 3 s, the ceiling and starts, and
+# bench.spy about 50 s.
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH"  # py-spy's binary lands in bin/
 fi
 if [ -n "${TOOLS:-}" ]; then export PATH="$TOOLS/bin:$PATH" LD_LIBRARY_PATH="$TOOLS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
 if [ -n "${MNIST:-}" ]; then mkdir -p ../shared/datasets && cp -r "$MNIST" ../shared/datasets/mnist; fi
@@ -31,6 +38,9 @@ python3 -m bench.compare --model cifar --backend torch --device cuda --duration 
   --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
   --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
   --out /tmp/gpubench/compare-switch.json 2>&1 | tee -a "$OUT/bench.log"
-cp /tmp/gpubench/benchmarks.json /tmp/gpubench/benchmarks-gpu.md /tmp/gpubench/*.png /tmp/gpubench/compare-switch.json \
-  "$OUT"/ 2>/dev/null
+# Where (a)'s and (b)'s CPU goes, with CUDA graphs (bench.spy: threads, /metrics, py-spy if installed).
+python3 -m bench.spy --backend torch --device cuda --max-batch-size 64 --seconds 3 --out /tmp/gpubench/spy \
+  2>&1 | tee -a "$OUT/bench.log"
+cp /tmp/gpubench/benchmarks.json /tmp/gpubench/compare-switch.json "$OUT"/ 2>/dev/null
+cp /tmp/gpubench/spy/spy.json "$OUT"/spy-graphs.json 2>/dev/null
 ls "$OUT"
