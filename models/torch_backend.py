@@ -3,9 +3,9 @@
 It loads ``model.safetensors`` (written by the exporter beside model.onnx) into the same
 :class:`~models.export.CertifiedModel` that was exported, so both backends give the same answers.
 
-On CUDA a small model's forward pass costs its kernel launches, not its arithmetic (6C2F: about
-0.7 ms a call at batch 1 and at batch 32, docs/benchmarks-gpu.md), and every launch is Python
-work in the batch thread, which shares the GIL with the server's event loop. So the forward pass
+On CUDA a small model's forward pass costs its kernel launches, not its arithmetic (6C2F on an
+H200: 0.76 ms a call at batch 1, 0.82 ms at batch 32, docs/benchmarks-gpu.md), and every launch is
+Python work in the batch thread, which shares the GIL with the server's event loop. So the forward pass
 is captured once per batch size bucket as a CUDA graph and replayed: one launch a batch. A batch
 is padded to its bucket; the padding rows are never read back.
 """
