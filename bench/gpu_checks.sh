@@ -26,7 +26,8 @@ if [ -n "${TOOLS:-}" ]; then export PATH="$TOOLS/bin:$PATH" LD_LIBRARY_PATH="$TO
 if [ -n "${MNIST:-}" ]; then mkdir -p ../shared/datasets && cp -r "$MNIST" ../shared/datasets/mnist; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 wrk --version 2>&1 | head -1
-python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py 2>&1 \
+python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py \
+  tests/bench/test_overhead.py 2>&1 \
   | tee "$OUT/cuda-tests.log"
 python3 -m bench.run --backend torch --device cuda --only overhead,serving --models cifar --concurrency 1,64 \
   --duration 3 --max-batch-size 64 --out /tmp/gpubench --docs /tmp/gpubench/benchmarks-gpu.md \

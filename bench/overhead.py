@@ -94,8 +94,28 @@ def torch_runners(case: ModelCase, device: str) -> tuple[Runner, Runner, dict[st
     return head, plain, info, sync
 
 
+def as_cuda_graph(run: Runner, x: Any) -> Runner:
+    """`run(x)` captured once as a CUDA graph (as the torch backend serves on CUDA): the runner
+    returned replays it on that same x, whatever it is given."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            run(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(x)
+    return lambda _x: graph.replay()
+
+
 def run(case: ModelCase, batch_sizes: list[int], rounds: int, round_s: float, backend: str = "onnxruntime",
-        device: str = "cpu", threads: int = 0) -> dict[str, Any]:
+        device: str = "cpu", threads: int = 0, graphs: bool = False) -> dict[str, Any]:
+    """`graphs`: both sides as CUDA graphs, one per batch size (torch on CUDA only)."""
+    if graphs and (backend, device) != ("torch", "cuda"):
+        raise ValueError("CUDA graphs need the torch backend on CUDA")
     rng = np.random.default_rng(0)
     sync: Callable[[], None] = lambda: None
     if backend == "torch":
@@ -109,8 +129,10 @@ def run(case: ModelCase, batch_sizes: list[int], rounds: int, round_s: float, ba
             import torch
 
             x = torch.from_numpy(x).to(info["device"])
-        row = compare(head, plain, x, rounds, round_s, sync)
+        runners = (as_cuda_graph(head, x), as_cuda_graph(plain, x)) if graphs else (head, plain)
+        row = compare(*runners, x, rounds, round_s, sync)
         row["batch"] = n
         row["head_images_per_s"] = n / (row["head_us"] / 1e6)
         rows.append(row)
-    return {"model": case.name, "architecture": case.architecture, "weights": case.weights, **info, "rows": rows}
+    name = case.name + (" (CUDA graphs)" if graphs else "")
+    return {"model": name, "architecture": case.architecture, "weights": case.weights, **info, "rows": rows}

@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: certification overhead, {case.name}", flush=True)
             results["overhead"].append(overhead.run(case, plan.batches, plan.rounds, plan.round_s, args.backend,
                                                     args.device))
+            if (args.backend, args.device) == ("torch", "cuda"):  # as the server runs it there
+                try:
+                    results["overhead"].append(overhead.run(case, plan.batches, plan.rounds, plan.round_s,
+                                                            args.backend, args.device, graphs=True))
+                except RuntimeError as exc:  # the eager figures stand alone
+                    print(f"bench: certification overhead with CUDA graphs failed: {exc}", flush=True)
     if "serving" in sections:
         peers = not args.no_peers and args.device == "cpu"
         if not peers:
