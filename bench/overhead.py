@@ -95,19 +95,11 @@ def torch_runners(case: ModelCase, device: str) -> tuple[Runner, Runner, dict[st
 
 
 def as_cuda_graph(run: Runner, x: Any) -> Runner:
-    """`run(x)` captured once as a CUDA graph (as the torch backend serves on CUDA): the runner
+    """`run(x)` captured once as a CUDA graph, as the torch backend serves on CUDA: the runner
     returned replays it on that same x, whatever it is given."""
-    import torch
+    from models.torch_backend import record_cuda_graph
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-        for _ in range(2):
-            run(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run(x)
+    graph, _ = record_cuda_graph(lambda: run(x), x.device)
     return lambda _x: graph.replay()
 
 

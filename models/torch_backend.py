@@ -13,8 +13,9 @@ is padded to its bucket; the padding rows are never read back.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from models.export import CertifiedModel
 from models.numerics import set_tf32
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # larger batches run eagerly
+T = TypeVar("T")
 
 
 def pack(logits: torch.Tensor, label: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -36,6 +38,22 @@ def unpack(packed: np.ndarray) -> dict[str, np.ndarray]:
     return {"logits": packed[:, :-2], "radius": packed[:, -2], "label": packed[:, -1].astype(np.int64)}
 
 
+def record_cuda_graph(work: Callable[[], T], device: torch.device) -> tuple[torch.cuda.CUDAGraph, T]:
+    """`work()` captured as a CUDA graph, after two warm-up runs off the default stream as capture
+    requires; returns the graph and what the captured run returned (replays rewrite it in place)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            work()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: another model's batch thread may launch work while this one captures.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = work()
+    return graph, out
+
+
 class CapturedForward:
     """The module's forward pass at one batch size, captured as a CUDA graph with its own input
     and output buffers (pinned on the host, so the copies are asynchronous)."""
@@ -43,16 +61,7 @@ class CapturedForward:
     def __init__(self, module: CertifiedModel, shape: tuple[int, ...], device: torch.device) -> None:
         self.host_input = torch.zeros(shape, dtype=torch.float32).pin_memory()
         self.input = self.host_input.to(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-            for _ in range(2):
-                pack(*module(self.input))
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: another model's batch thread may launch work while this one captures.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.output = pack(*module(self.input))
+        self.graph, self.output = record_cuda_graph(lambda: pack(*module(self.input)), device)
         self.host_output = torch.empty(self.output.shape, dtype=torch.float32).pin_memory()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
