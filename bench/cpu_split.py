@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import threading
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import microbench
+from bench import machine, microbench
 from bench.gc_cost import CONCURRENT, one_request
 from bench.models import ROOT, prepare
 
@@ -38,9 +37,10 @@ CEILING_BATCH = 32
 
 def thread_cpu_s(native_id: int) -> float:
     """User plus system CPU seconds of one thread of this process (Linux)."""
-    with open(f"/proc/self/task/{native_id}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = machine.proc_stat(f"/proc/self/task/{native_id}/stat")
+    if stat is None:
+        raise OSError(f"thread {native_id} of this process has ended")
+    return machine.stat_cpu_seconds(stat[1])
 
 
 def measure(model: str, windows: int, window_s: float) -> dict[str, Any]:

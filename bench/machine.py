@@ -29,6 +29,22 @@ def _run(*command: str) -> str:
         return ""
 
 
+def proc_stat(path: Path | str) -> tuple[str, list[str]] | None:
+    """A /proc/.../stat file (a process's or a thread's): its name and the fields after it (the
+    first is the state, then ppid, pgrp, ...); None if it is gone (the process or thread ended)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    head, _, rest = text.rpartition(")")
+    return head[head.index("(") + 1:], rest.split()
+
+
+def stat_cpu_seconds(fields: list[str]) -> float:
+    """User plus system CPU seconds from proc_stat's fields (utime and stime, in clock ticks)."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str:
     for line in _read("/proc/cpuinfo").splitlines():
         if line.startswith("model name"):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench import machine
 from bench.load import run_load
 from bench.models import ROOT, ModelCase
 from server.decode import decode_base64, decode_images
@@ -64,8 +65,8 @@ def targets(case: ModelCase, backend: str, device: str, max_batch_size: int, pee
                [*serve, "--max-batch-size", str(max_batch_size), "--workers", "2", "--reuse-port"], "/v1/predict"),
     ]
     if device == "cuda":
-        # (b) as two processes too: on a GPU host, batching against unbatching at the same process
-        # count, since one process's HTTP path bounds (a)/(b) (docs/benchmarks-gpu.md).
+        # (b) as two processes too: on a GPU host, where (w2) serves, batching against unbatching
+        # at the same process count (docs/benchmarks-gpu.md).
         out.append(Target("bw2", "gloro-serve --max-batch-size 1 --workers 2 --reuse-port",
                           [*serve, "--max-batch-size", "1", "--workers", "2", "--reuse-port"], "/v1/predict"))
     if peers:
@@ -95,15 +96,11 @@ def post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
 
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds of every live process in a process group (LitServe runs several)."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields[0] is the state; then ppid, pgrp
-            total += (int(fields[11]) + int(fields[12])) / tick
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        stat = machine.proc_stat(path)
+        if stat is not None and int(stat[1][2]) == pgid:  # fields: state, ppid, pgrp, ...
+            total += machine.stat_cpu_seconds(stat[1])
     return total
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -30,23 +29,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import models, serving
+from bench import machine, models, serving
 from bench.load import run_load
 from bench.models import ROOT
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     """Each live thread of `pid`: (its name, its user + system CPU seconds)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # the thread ended
-        name = text[text.index("(") + 1: text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()  # fields[0] is the state; utime, stime are 11, 12
-        out[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    for path in Path(f"/proc/{pid}/task").glob("*/stat"):
+        stat = machine.proc_stat(path)
+        if stat is not None:  # else the thread ended
+            out[int(path.parent.name)] = (stat[0], machine.stat_cpu_seconds(stat[1]))
     return out
 
 
