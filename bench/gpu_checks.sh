@@ -9,11 +9,12 @@
 # pydantic-core, pydantic-settings, python-dotenv, annotated-types, typing-inspection,
 # typing-extensions, opentelemetry-api (fastapi 0.165 imports it), orjson, python-multipart,
 # httptools, pyspng, pybase64 and py-spy, each the version this project's venv has.
-# Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, bench.log, benchmarks.json
-# (`python -m bench.report benchmarks.json docs/benchmarks-gpu.md` draws the plots beside it and
-# writes the page), compare-switch.json and spy-graphs.json. The tests and the suite took 286 s on an
-# H200 host (2026-12-04); the comparison adds 4 servers x 3 rounds x 3 s, the ceiling and starts, and
-# bench.spy about 50 s.
+# Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, compare-gpu.json and
+# compare.log, bench.log and benchmarks.json (`python -m bench.report benchmarks.json
+# docs/benchmarks-gpu.md` draws the plots beside it and writes the page). The tests and the suite
+# took 286 s on an H200 host (2026-12-04); the comparison adds 8 servers x 3 rounds x 3 s, the
+# ceiling and starts. (`python -m bench.spy --backend torch --device cuda` ran there once, with
+# CUDA graphs: bench/results/gpu/spy-graphs.json.)
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -29,19 +30,20 @@ wrk --version 2>&1 | head -1
 python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py \
   tests/bench/test_overhead.py 2>&1 \
   | tee "$OUT/cuda-tests.log"
+# The batching server's batches spent 4.8 ms each in the backend against 0.8 ms of GPU work, about
+# Python's 5 ms GIL switch interval (docs/benchmarks-gpu.md): try 0.5 ms, side by side; and more
+# worker processes (each its own event loop and GIL) on this 16-core host. Written straight to
+# $OUT as soon as it is done, so a run cut short still brings back what finished.
+python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
+  --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
+  --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
+  --server 'a-w4=--max-batch-size 64 --workers 4' --server 'b-w4=--max-batch-size 1 --workers 4' \
+  --server 'a-w8=--max-batch-size 64 --workers 8' --server 'b-w8=--max-batch-size 1 --workers 8' \
+  --out /tmp/gpubench/compare-gpu.json 2>&1 | tee "$OUT/compare.log"
+cp /tmp/gpubench/compare-gpu.json "$OUT"/ 2>/dev/null
 python3 -m bench.run --backend torch --device cuda --only overhead,serving --models cifar --concurrency 1,64 \
   --duration 3 --max-batch-size 64 --out /tmp/gpubench --docs /tmp/gpubench/benchmarks-gpu.md \
   --note "${NOTE:-GPU lease: torch backend on CUDA, load generator and servers on one host, 3 s per load level}" \
   2>&1 | tee "$OUT/bench.log"
-# The batching server's batches spent 4.8 ms each in the backend against 0.8 ms of GPU work, about
-# Python's 5 ms GIL switch interval (docs/benchmarks-gpu.md): try 0.5 ms, side by side.
-python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
-  --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
-  --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
-  --out /tmp/gpubench/compare-switch.json 2>&1 | tee -a "$OUT/bench.log"
-# Where (a)'s and (b)'s CPU goes, with CUDA graphs (bench.spy: threads, /metrics, py-spy if installed).
-python3 -m bench.spy --backend torch --device cuda --max-batch-size 64 --seconds 3 --out /tmp/gpubench/spy \
-  2>&1 | tee -a "$OUT/bench.log"
-cp /tmp/gpubench/benchmarks.json /tmp/gpubench/compare-switch.json "$OUT"/ 2>/dev/null
-cp /tmp/gpubench/spy/spy.json "$OUT"/spy-graphs.json 2>/dev/null
+cp /tmp/gpubench/benchmarks.json "$OUT"/ 2>/dev/null
 ls "$OUT"
