@@ -11,10 +11,10 @@
 # httptools, pyspng, pybase64 and py-spy, each the version this project's venv has.
 # Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, compare-gpu.json and
 # compare.log, bench.log and benchmarks.json (`python -m bench.report benchmarks.json
-# docs/benchmarks-gpu.md` draws the plots beside it and writes the page). The tests and the suite
-# took 286 s on an H200 host (2026-12-04); the comparison adds 8 servers x 3 rounds x 3 s, the
-# ceiling and starts. (`python -m bench.spy --backend torch --device cuda` ran there once, with
-# CUDA graphs: bench/results/gpu/spy-graphs.json.)
+# docs/benchmarks-gpu.md` draws the plots beside it and writes the page). The whole script took
+# 453 s on an H200 host (2026-12-04, third lease): tests 15 s, the comparison about 3 minutes, the
+# suite 251 s. (`python -m bench.spy --backend torch --device cuda` ran there once, with CUDA
+# graphs: bench/results/gpu/spy-graphs.json.)
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -30,10 +30,9 @@ wrk --version 2>&1 | head -1
 python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py \
   tests/bench/test_overhead.py 2>&1 \
   | tee "$OUT/cuda-tests.log"
-# The batching server's batches spent 4.8 ms each in the backend against 0.8 ms of GPU work, about
-# Python's 5 ms GIL switch interval (docs/benchmarks-gpu.md): try 0.5 ms, side by side; and more
-# worker processes (each its own event loop and GIL) on this 16-core host. Written straight to
-# $OUT as soon as it is done, so a run cut short still brings back what finished.
+# One process against several (each its own event loop and GIL) on this 16-core host, batching and
+# not, and the GIL switch interval at 0.5 ms beside 5 (no gain on 2026-12-04: 1.017x batching).
+# Copied to $OUT as soon as it is done, so a run cut short still brings back what finished.
 python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
   --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
   --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
