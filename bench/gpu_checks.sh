@@ -12,9 +12,9 @@
 # Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, compare-gpu.json and
 # compare.log, bench.log and benchmarks.json (`python -m bench.report benchmarks.json
 # docs/benchmarks-gpu.md` draws the plots beside it and writes the page). The whole script took
-# 453 s on an H200 host (2026-12-04, third lease): tests 15 s, the comparison about 3 minutes, the
-# suite 251 s. (`python -m bench.spy --backend torch --device cuda` ran there once, with CUDA
-# graphs: bench/results/gpu/spy-graphs.json.)
+# 453 s on an H200 host (2026-12-04, third lease, with eight servers in the comparison): tests
+# 15 s, the comparison about 3 minutes, the suite 251 s. (`python -m bench.spy --backend torch
+# --device cuda` ran there once, with CUDA graphs: bench/results/gpu/spy-graphs.json.)
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -30,14 +30,14 @@ wrk --version 2>&1 | head -1
 python3 -m pytest -q -p no:cacheprovider tests/server/test_server_cuda.py tests/models/test_training_cuda.py \
   tests/bench/test_overhead.py 2>&1 \
   | tee "$OUT/cuda-tests.log"
-# One process against several (each its own event loop and GIL) on this 16-core host, batching and
-# not, and the GIL switch interval at 0.5 ms beside 5 (no gain on 2026-12-04: 1.017x batching).
+# One process against six (each its own event loop and GIL; six served the most of 4-8 on the
+# H200 host, 2026-12-04, bench/results/gpu/compare-gpu*.json), batching and not, the six sharing
+# one socket or each with its own (--reuse-port, not yet measured on a GPU host).
 # Copied to $OUT as soon as it is done, so a run cut short still brings back what finished.
 python3 -m bench.compare --model cifar --backend torch --device cuda --duration 3 --rounds 3 \
-  --server 'a=--max-batch-size 64' --server 'a-switch-05=--max-batch-size 64 --switch-interval-ms 0.5' \
-  --server 'b=--max-batch-size 1' --server 'b-switch-05=--max-batch-size 1 --switch-interval-ms 0.5' \
-  --server 'a-w4=--max-batch-size 64 --workers 4' --server 'b-w4=--max-batch-size 1 --workers 4' \
-  --server 'a-w8=--max-batch-size 64 --workers 8' --server 'b-w8=--max-batch-size 1 --workers 8' \
+  --server 'a=--max-batch-size 64' --server 'b=--max-batch-size 1' \
+  --server 'a-w6=--max-batch-size 64 --workers 6' --server 'a-w6-rp=--max-batch-size 64 --workers 6 --reuse-port' \
+  --server 'b-w6-rp=--max-batch-size 1 --workers 6 --reuse-port' \
   --out /tmp/gpubench/compare-gpu.json 2>&1 | tee "$OUT/compare.log"
 cp /tmp/gpubench/compare-gpu.json "$OUT"/ 2>/dev/null
 python3 -m bench.run --backend torch --device cuda --only overhead,serving --models cifar --concurrency 1,64 \
