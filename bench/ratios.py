@@ -1,5 +1,6 @@
 """`python -m bench.ratios FILE X/Y [X/Y ...]`: ratios between two servers of a side-by-side
-result (`bench.compare`'s JSON), each the median over rounds of X's req/s over Y's in one round.
+result (`bench.compare`'s JSON), each the median over rounds of X's req/s over Y's in one round,
+with each round's ratio.
 
 bench.compare prints each server against the first and the ceiling; a ratio between two others
 (batching over unbatched at the same worker count, say) is read back from its file with this,
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.serving import median_ratio
+from bench.serving import median_ratio, round_ratios
 
 PROG = "python -m bench.ratios"
 
@@ -35,10 +36,15 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
     return rounds
 
 
-def ratio(rounds: list[dict[str, Any]], pair: str) -> float:
+def labels_of(pair: str) -> tuple[str, str]:
     x, slash, y = pair.partition("/")
     if not slash or not x or not y:
         raise RatioError(f"{pair!r}: expected X/Y, two server labels")
+    return x, y
+
+
+def ratio(rounds: list[dict[str, Any]], pair: str) -> float:
+    x, y = labels_of(pair)
     labels = sorted(set().union(*rounds)) if rounds else []
     for label in (x, y):
         if label not in labels:
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     for pair, value in values:
-        print(f"{pair}: {value:.3f} (median of {len(rounds)} rounds' ratios)")
+        each = ", ".join(f"{r:.3f}" for r in round_ratios(rounds, *labels_of(pair)))
+        print(f"{pair}: {value:.3f} (median of the rounds' ratios: {each})")
     return 0
 
 

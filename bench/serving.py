@@ -317,9 +317,14 @@ def run(case: ModelCase, work: Path, concurrency: list[int], duration_s: float, 
     return results
 
 
+def round_ratios(per_round: list[dict[str, Any]], x: str, y: str, field: str = "req_per_s") -> list[float]:
+    """x's `field` over y's in each round that has both (and a nonzero y)."""
+    return [e[x][field] / e[y][field] for e in per_round if x in e and y in e and e[y].get(field)]
+
+
 def median_ratio(per_round: list[dict[str, Any]], x: str, y: str, field: str = "req_per_s") -> float | None:
     """The median over rounds of x's `field` over y's, each ratio taken within one round."""
-    pairs = [e[x][field] / e[y][field] for e in per_round if x in e and y in e and e[y].get(field)]
+    pairs = round_ratios(per_round, x, y, field)
     return statistics.median(pairs) if pairs else None
 
 

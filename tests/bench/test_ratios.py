@@ -27,8 +27,8 @@ def test_a_ratio_is_the_median_of_the_ratios_within_rounds(tmp_path: Path, capsy
     # within rounds 2, 3 and 4: median 3; the medians of the columns would give 90 / 30 = 3 too,
     # so the second pair tells them apart: a/e within rounds 0.25, 0.2195, 0.2051 -> 0.2195.
     assert ratios.main([str(result(tmp_path)), "a/b", "a/e"]) == 0
-    assert capsys.readouterr().out == ("a/b: 3.000 (median of 3 rounds' ratios)\n"
-                                       "a/e: 0.220 (median of 3 rounds' ratios)\n")
+    assert capsys.readouterr().out == ("a/b: 3.000 (median of the rounds' ratios: 2.000, 3.000, 4.000)\n"
+                                       "a/e: 0.220 (median of the rounds' ratios: 0.250, 0.220, 0.205)\n")
 
 
 @pytest.mark.unit
