@@ -43,7 +43,8 @@ def labels_of(pair: str) -> tuple[str, str]:
     return x, y
 
 
-def ratio(rounds: list[dict[str, Any]], pair: str) -> float:
+def ratio(rounds: list[dict[str, Any]], pair: str) -> tuple[float, list[float]]:
+    """X/Y's median over rounds, and each round's ratio."""
     x, y = labels_of(pair)
     labels = sorted(set().union(*rounds)) if rounds else []
     for label in (x, y):
@@ -52,7 +53,7 @@ def ratio(rounds: list[dict[str, Any]], pair: str) -> float:
     value = median_ratio(rounds, x, y)
     if value is None:
         raise RatioError(f"{pair!r}: no round where {y!r} served anything")
-    return value
+    return value, round_ratios(rounds, x, y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except RatioError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    for pair, value in values:
-        each = ", ".join(f"{r:.3f}" for r in round_ratios(rounds, *labels_of(pair)))
-        print(f"{pair}: {value:.3f} (median of the rounds' ratios: {each})")
+    for pair, (value, each) in values:
+        print(f"{pair}: {value:.3f} (median of the rounds' ratios: {', '.join(f'{r:.3f}' for r in each)})")
     return 0
 
 
