@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,31 @@ from models.numerics import set_tf32
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # larger batches run eagerly
 T = TypeVar("T")
+CudaWait = Literal["spin", "block"]
+Wait = Callable[[], None]
+
+
+def device_wait(device: torch.device, how: CudaWait) -> Wait:
+    """Waits, without the GIL, for the work queued so far on the device's current stream.
+
+    "spin": the stream's own synchronize, which with CUDA's default scheduling busy-waits while a
+    process has fewer active threads than there are cores: the answer comes soonest, but the core
+    stays busy for the whole pass. "block": a blocking event (cudaEventBlockingSync), whose waiter
+    sleeps until the GPU signals, leaving the core to other processes' event loops (many
+    `--workers` on one GPU). A fresh event each wait: the eager path runs unlocked, so two batch
+    threads may wait at once. On the CPU there is nothing to wait for.
+    """
+    if device.type != "cuda":
+        return lambda: None
+    if how == "spin":
+        return lambda: torch.cuda.current_stream(device).synchronize()
+
+    def block() -> None:
+        done = torch.cuda.Event(blocking=True)
+        done.record(torch.cuda.current_stream(device))
+        done.synchronize()
+
+    return block
 
 
 def pack(logits: torch.Tensor, label: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -58,7 +83,8 @@ class CapturedForward:
     """The module's forward pass at one batch size, captured as a CUDA graph with its own input
     and output buffers (pinned on the host, so the copies are asynchronous)."""
 
-    def __init__(self, module: CertifiedModel, shape: tuple[int, ...], device: torch.device) -> None:
+    def __init__(self, module: CertifiedModel, shape: tuple[int, ...], device: torch.device, wait: Wait) -> None:
+        self.wait = wait
         self.host_input = torch.zeros(shape, dtype=torch.float32).pin_memory()
         self.input = self.host_input.to(device)
         self.graph, self.output = record_cuda_graph(lambda: pack(*module(self.input)), device)
@@ -70,14 +96,14 @@ class CapturedForward:
         self.input.copy_(self.host_input, non_blocking=True)
         self.graph.replay()
         self.host_output.copy_(self.output, non_blocking=True)
-        torch.cuda.current_stream(self.input.device).synchronize()  # waits without the GIL
+        self.wait()
         return self.host_output.numpy()[:n].copy()
 
 
 class TorchPredictor:
     """Raises CheckpointError (one line) when the version's provenance or tensors are unusable."""
 
-    def __init__(self, version_dir: Path, device: str = "auto"):
+    def __init__(self, version_dir: Path, device: str = "auto", cuda_wait: CudaWait = "spin"):
         version_dir = Path(version_dir)
         exported = read_exported(version_dir)
         module = fill(CertifiedModel.empty, exported.config, exported.tensors, version_dir / "model.safetensors")
@@ -87,6 +113,7 @@ class TorchPredictor:
         if self.device.type == "cuda":
             set_tf32(False)  # process-wide: a serving process only serves, and certificates need IEEE float32
         self.module = module.to(self.device).eval()
+        self._wait = device_wait(self.device, cuda_wait)
         self._graphs: dict[int, CapturedForward] = {}
         self._graph_shape: tuple[int, ...] | None = None
         self._lock = threading.Lock()  # a graph's buffers serve one batch at a time (--instances N)
@@ -99,7 +126,7 @@ class TorchPredictor:
         if self.device.type != "cuda":
             return None
         try:
-            graphs = {b: CapturedForward(self.module, (b, *image_shape), self.device) for b in sorted(buckets)}
+            graphs = {b: CapturedForward(self.module, (b, *image_shape), self.device, self._wait) for b in sorted(buckets)}
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self._graph_shape, self._graphs = tuple(image_shape), graphs
@@ -113,4 +140,6 @@ class TorchPredictor:
             with self._lock:
                 return unpack(self._graphs[bucket](x))
         packed = pack(*self.module(torch.from_numpy(x).to(self.device)))
-        return unpack(packed.cpu().numpy())
+        host = packed.to("cpu", non_blocking=True)  # into pinned memory, read only after the wait
+        self._wait()
+        return unpack(host.numpy())

@@ -125,7 +125,8 @@ def create_app(
     the batchers finish their queues for up to `settings.drain_s` seconds.
     """
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    factory = backends or backend_factory(settings.backend, settings.device, settings.intra_op_threads())
+    factory = backends or backend_factory(settings.backend, settings.device, settings.intra_op_threads(),
+                                          settings.cuda_wait)
     models = build_models(settings, factory, metrics)
 
     @asynccontextmanager

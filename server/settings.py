@@ -17,6 +17,7 @@ DEFAULT_MODEL = "mnist-2c2f"
 
 BackendName = Literal["onnxruntime", "torch"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+CudaWaitName = Literal["spin", "block"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -67,6 +68,12 @@ class ServerSettings(BaseSettings):
     )
     backend: BackendName = Field("onnxruntime", description="inference backend")
     device: DeviceName = Field("auto", description="auto: CUDA when available, else CPU")
+    cuda_wait: CudaWaitName = Field(
+        "spin",
+        description="how the torch backend's batch threads wait for the GPU: spin answers soonest but keeps a "
+        "core busy for the whole pass; block sleeps until the GPU is done, leaving the core to the other "
+        "--workers (CUDA: a blocking event)",
+    )
     threads: int = Field(
         0, ge=0, le=256,
         description="intra-op threads per model (0: the backend's default with one instance; with more, "
@@ -118,6 +125,13 @@ class ServerSettings(BaseSettings):
                 f"--max-bytes-in-flight ({self.max_bytes_in_flight}) must be at least --max-body-bytes "
                 f"({self.max_body_bytes}), or no body of the largest size allowed could be read"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cuda_wait_needs_torch(self) -> ServerSettings:
+        if self.cuda_wait != "spin" and self.backend != "torch":
+            raise ValueError(f"--cuda-wait {self.cuda_wait} applies to --backend torch only "
+                             f"(the {self.backend} backend waits its own way)")
         return self
 
     def intra_op_threads(self) -> int:

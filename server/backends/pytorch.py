@@ -11,6 +11,7 @@ import numpy as np
 
 from server.backends.base import Backend, BackendError, BatchOutput
 from server.repository import ModelSpec
+from server.settings import CudaWaitName
 
 log = logging.getLogger("server.backends")
 
@@ -28,10 +29,12 @@ def resolve_device(device: str) -> str:
 
 
 class TorchBackend(Backend):
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0, cuda_wait: CudaWaitName = "spin"
+                 ) -> None:
         super().__init__(spec)
         self.device = device
         self.threads = threads
+        self.cuda_wait = cuda_wait
         self._predictor = None
 
     def load(self) -> None:
@@ -46,7 +49,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.threads)
         device = resolve_device(self.device)
         try:
-            self._predictor = TorchPredictor(self.spec.directory, device)
+            self._predictor = TorchPredictor(self.spec.directory, device, self.cuda_wait)
         except CheckpointError as exc:
             raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
         failed = self._predictor.capture(self.spec.manifest.input.shape)  # CUDA graphs; nothing on the CPU

@@ -137,3 +137,14 @@ def test_torch_backend_gives_the_onnxruntime_answers(mnist_test) -> None:
     a, b = onnx_backend.run(x), torch_backend.run(x)
     assert a.label.tolist() == b.label.tolist()
     assert np.allclose(a.radius, b.radius, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_the_cuda_wait_setting_reaches_the_torch_backend(tiny_repo: Path) -> None:
+    pytest.importorskip("torch", reason="the torch backend needs the train extra")
+    from server.app import create_app
+    from server.settings import ServerSettings
+
+    app = create_app(ServerSettings(repository=tiny_repo, backend="torch", device="cpu", cuda_wait="block"))
+    backend = app.state.models.services["tiny"].backend
+    assert type(backend).__name__ == "TorchBackend" and backend.cuda_wait == "block"

@@ -39,6 +39,8 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_batch_size == 7 and settings.api_key.get_secret_value() == "s3cret"
     assert settings.access_log is True
     assert parse_settings(["--max-batch-size", "3"]).max_batch_size == 3  # flag beats env
+    assert parse_settings(["--backend", "torch", "--cuda-wait", "block"]).cuda_wait == "block"
+    assert parse_settings([]).cuda_wait == "spin"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,8 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--max-batch-size", "0"], "--max-batch-size:"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--max-bytes-in-flight", "2000"], "--max-bytes-in-flight (2000) must be at least --max-body-bytes (8388608)"),
+        (["--backend", "torch", "--cuda-wait", "sometimes"], "--cuda-wait:"),
+        (["--cuda-wait", "block"], "--cuda-wait block applies to --backend torch only (the onnxruntime backend"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,12 +59,14 @@ def test_a_server_on_cuda_answers_real_pngs_as_the_cpu_does(mnist_test) -> None:
 
 
 @pytest.mark.integration
-def test_captured_cuda_graphs_answer_as_onnxruntime_at_every_batch_size(mnist_test) -> None:
+@pytest.mark.parametrize("cuda_wait", ["spin", "block"])
+def test_captured_cuda_graphs_answer_as_onnxruntime_at_every_batch_size(mnist_test, cuda_wait: str) -> None:
     """Batches run as CUDA graphs padded to a bucket (larger ones eagerly): a smaller batch after a
-    larger one must not see the rows the larger one left in the buffers."""
+    larger one must not see the rows the larger one left in the buffers, and however the batch
+    thread waits for the GPU, it reads the outputs only once they are there."""
     from models.torch_backend import GRAPH_BUCKETS
 
-    gpu = backend_factory("torch", "cuda", 0)(load_repository(SHIPPED)["mnist-4c3f"])
+    gpu = backend_factory("torch", "cuda", 0, cuda_wait)(load_repository(SHIPPED)["mnist-4c3f"])
     gpu.load()
     assert sorted(gpu._predictor._graphs) == list(GRAPH_BUCKETS)
     for n in (64, 3, 1, 200, 300):
@@ -73,3 +75,24 @@ def test_captured_cuda_graphs_answer_as_onnxruntime_at_every_batch_size(mnist_te
         assert on_gpu.label.tolist() == on_cpu.label.tolist(), n
         assert np.allclose(on_gpu.radius, on_cpu.radius, rtol=1e-4, atol=1e-5), n
         assert np.allclose(on_gpu.logits, on_cpu.logits, rtol=1e-4, atol=1e-4), n
+
+
+@pytest.mark.integration
+def test_a_blocking_wait_sleeps_until_the_gpu_is_done() -> None:
+    """--cuda-wait block: the waiting thread returns only when the stream's work is done, and leaves
+    its core free meanwhile (a spinning wait would use about all of it)."""
+    import time
+
+    from models.torch_backend import device_wait
+
+    device = torch.device("cuda")
+    wait = device_wait(device, "block")
+    torch.cuda._sleep(1)  # the context and the kernel loaded before anything is timed
+    torch.cuda.synchronize()
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    torch.cuda._sleep(500_000_000)  # GPU clock cycles: a few hundred ms of GPU time, no CPU time
+    wait()
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+    assert torch.cuda.current_stream(device).query()  # nothing left queued
+    assert wall > 0.05, wall  # the kernel really ran while we waited
+    assert cpu < 0.5 * wall, (cpu, wall)
