@@ -38,6 +38,13 @@ TURN_S = 0.002
 FEW_IMAGES = 4
 # PNG colour type that, at 8 bits, already is each model colour mode: no conversion to guess.
 PNG_COLOR_TYPE = {"L": 0, "RGB": 2}
+PNG_BIT_DEPTH_AT = 24  # after the signature and IHDR's length, type, width and height
+TIFF_BITS_PER_SAMPLE = 258
+# The most bytes one encoded image may take: its pixels twice over and 64 KiB of metadata, and
+# 512 KiB at least (a camera's EXIF or an ICC profile). Pillow reads some formats' headers in
+# Python, on the event loop: an 8 MiB JPEG of two million empty segments held it 2.6 s and took
+# 270 MiB that --max-bytes-in-flight does not see.
+MIN_IMAGE_BYTES_LIMIT = 512 * 1024
 
 
 def parse_epsilon(value: Any, default: float) -> float:
@@ -48,7 +55,7 @@ def parse_epsilon(value: Any, default: float) -> float:
         raise InvalidInput(f"epsilon must be a number, not {value!r}")
     try:
         eps = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer past float's range
         raise InvalidInput(f"epsilon must be a number, not {str(value)[:40]!r}") from None
     if not math.isfinite(eps) or eps < 0:
         raise InvalidInput(f"epsilon must be a finite number >= 0, not {eps}")
@@ -88,6 +95,21 @@ def _pixels_png(data: bytes, where: str) -> np.ndarray:
         raise InvalidInput(where + f"corrupt or truncated ({exc})") from None
 
 
+def max_image_bytes(spec: InputSpec) -> int:
+    return max(MIN_IMAGE_BYTES_LIMIT, 2 * math.prod(spec.shape) + 64 * 1024)
+
+
+def _deeper_than_8_bits(image: Image.Image, data: bytes) -> bool:
+    """Pillow opens a 16-bit-a-channel colour PNG or TIFF in an 8-bit mode (RGB, RGBA, LA) and
+    keeps each sample's high byte: refused as 16-bit grey is, rather than quietly rounded."""
+    if image.format == "PNG":
+        return data[PNG_BIT_DEPTH_AT] > 8  # Pillow opened it, so IHDR comes first
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(TIFF_BITS_PER_SAMPLE, 1)
+        return max(bits if isinstance(bits, tuple) else (bits,), default=1) > 8
+    return False
+
+
 def _pixels_pillow(data: bytes, spec: InputSpec, where: str) -> bytes:
     _, h, w = spec.shape
     try:
@@ -105,8 +127,17 @@ def _pixels_pillow(data: bytes, spec: InputSpec, where: str) -> bytes:
                 where + f"{image.size[0]}x{image.size[1]} pixels, but model expects {w}x{h} "
                 "(images are not resized: the certificate holds for the pixels the model sees)"
             )
-        if getattr(image, "n_frames", 1) > 1:
-            raise InvalidInput(where + f"animated ({image.n_frames} frames); send one still image")
+        try:
+            # is_animated, not n_frames: counting a TIFF's directories is quadratic in Pillow (46,603
+            # of them in 4 MiB took 11 s), and walking a corrupt GIF's or TIFF's frames raises.
+            animated = getattr(image, "is_animated", False)
+            deeper = _deeper_than_8_bits(image, data)
+        except Exception as exc:
+            raise InvalidInput(where + f"corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        if animated:
+            raise InvalidInput(where + "animated (more than one frame); send one still image")
+        if deeper:
+            raise InvalidInput(where + f"16 bits a sample (mode {image.mode}); send 8-bit grey, RGB or RGBA")
         if image.mode not in CONVERTIBLE_MODES:
             raise InvalidInput(
                 where + f"mode {image.mode} is not supported; send 8-bit grey, RGB or RGBA"
@@ -123,6 +154,8 @@ def _decode_image_into(data: bytes, spec: InputSpec, out: np.ndarray, index: int
     where = f"image {index}: "
     if not data:
         raise InvalidInput(where + "empty file")
+    if len(data) > (limit := max_image_bytes(spec)):
+        raise InvalidInput(where + f"{len(data)} bytes; an encoded {c}x{h}x{w} image may take at most {limit}")
     if _png_fast_path(data, spec):
         raw = _pixels_png(data, where)
     else:
