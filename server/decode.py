@@ -42,8 +42,8 @@ PNG_BIT_DEPTH_AT = 24  # after the signature and IHDR's length, type, width and 
 TIFF_BITS_PER_SAMPLE = 258
 # The most bytes one encoded image may take: its pixels twice over and 64 KiB of metadata, and
 # 512 KiB at least (a camera's EXIF or an ICC profile). Pillow reads some formats' headers in
-# Python, on the event loop: an 8 MiB JPEG of two million empty segments held it 2.6 s and took
-# 270 MiB that --max-bytes-in-flight does not see.
+# Python, on the event loop: an 8 MiB JPEG of two million empty segments held it 3 s, and took
+# memory --max-bytes-in-flight does not see (docs/server.md, "The image API").
 MIN_IMAGE_BYTES_LIMIT = 512 * 1024
 
 
