@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from starlette.responses import FileResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -72,8 +72,22 @@ def build_models(settings: ServerSettings, factory: BackendFactory, metrics: Met
     return Models(services, default)
 
 
+# Request headers a file is not sent in part for: Starlette answers a malformed or unsatisfiable
+# Range in plain text, where every error of this server is JSON, and the demo's files are a few KB.
+# A server may ignore Range (RFC 9110, 14.2) and send the whole file.
+RANGE_HEADERS = (b"range", b"if-range")
+
+
+class WholeStaticFiles(StaticFiles):
+    """StaticFiles, each file sent whole whatever Range asks."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(name, value) for name, value in scope["headers"] if name not in RANGE_HEADERS]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 async def demo_page() -> Response:
-    return FileResponse(STATIC / "index.html")
+    return HTMLResponse((STATIC / "index.html").read_bytes())  # whole, as WholeStaticFiles sends its files
 
 
 async def index() -> Response:
@@ -97,6 +111,10 @@ class GloroApp(FastAPI):
         if self.front is None or scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # Answered as GET: FastAPI's GET routes do not take HEAD (Starlette's own routes do), and
+            # uvicorn, whose scope still says HEAD, sends the answer's head without its body.
+            scope = {**scope, "method": "GET"}
         scope["app"] = self
         await self.front(scope, receive, send)
 
@@ -152,7 +170,7 @@ def create_app(
     if (STATIC / "index.html").is_file():
         # The page at / only, its files under /static: a catch-all mount at / would answer
         # unknown routes itself (405 for POST) instead of the JSON 404 of every other route.
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        app.mount("/static", WholeStaticFiles(directory=STATIC), name="static")
         app.add_api_route("/", demo_page, methods=["GET"], include_in_schema=False)
     else:
         app.add_api_route("/", index, methods=["GET"], include_in_schema=False)

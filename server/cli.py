@@ -140,6 +140,7 @@ def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.drain_s,
         "server_header": False,
+        "ws": "none",  # no WebSocket routes: an Upgrade request is served as the plain HTTP it also is
     }
 
 

@@ -1,6 +1,7 @@
-"""The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with three changes:
+"""The HTTP protocol uvicorn runs for gloro-serve: uvicorn's httptools protocol, with four changes:
 a request head (request line and headers) has a size limit, a request has a time limit to arrive,
-and a draining server treats a connection that has no request in progress differently."""
+a draining server treats a connection that has no request in progress differently, and an Upgrade
+request is served as plain HTTP without a warning in the log."""
 
 from __future__ import annotations
 
@@ -129,6 +130,11 @@ class ServingHttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         self._refuse(HEAD_TOO_LARGE,
                      f"request head (request line and headers) over the limit of {MAX_HEAD_BYTES} bytes")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """Nothing logged: the server has no WebSocket routes (uvicorn runs with ws="none"), so an
+        Upgrade request is served as plain HTTP, and uvicorn's two warnings for it (one advising
+        to install a WebSocket library) would let any client fill the log."""
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse, as the server's JSON error body."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import struct
 import threading
@@ -255,6 +256,52 @@ def test_a_request_that_is_not_http_gets_a_json_400(server) -> None:
     assert head.startswith("HTTP/1.1 400 Bad Request\r\n") and "content-type: application/json" in head
     assert json.loads(body) == {"error": "Invalid HTTP request received."}
     assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def one_answer(port: int, request: bytes) -> tuple[str, bytes]:
+    """Send `request` and read one answer: its head, and a body of the declared content-length."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(4096)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))
+        while len(body) < length:
+            body += s.recv(4096)
+    return head.decode(), body
+
+
+@pytest.mark.parametrize(("path", "status"), [("/healthz", 200), ("/no/such/route", 404), ("/v1/predict", 405)])
+def test_a_websocket_upgrade_is_answered_as_plain_http_in_json_and_logs_nothing(server, path, status) -> None:
+    """No route takes WebSockets: the Upgrade header is ignored, as HTTP lets a server do (uvicorn's
+    WebSocket layer answered a bare 403), and no warning per request reaches the log."""
+    head, body = one_answer(server.port, (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert head.startswith(f"HTTP/1.1 {status} ") and "content-type: application/json" in head, head
+    assert json.loads(body)
+    assert "upgrade" not in server.output().lower()
+
+
+def test_head_is_answered_as_get_without_a_body(server) -> None:
+    with httpx.Client(timeout=10) as client:
+        for path in ("/healthz", "/readyz", "/v1/models", "/v1/models/tiny", "/", "/static/demo.js", "/metrics"):
+            got, head = client.get(server.url + path), client.head(server.url + path)
+            assert (got.status_code, head.status_code) == (200, 200), path
+            assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"], path
+        assert client.head(server.url + "/v1/predict").status_code == 405  # a POST route
+        assert client.head(server.url + "/no/such/route").status_code == 404
+
+
+@pytest.mark.parametrize("asked", ["bytes=abc", "bytes=50-10", "bytes=99999999-", "bytes=0-9"])
+def test_the_demo_files_are_sent_whole_whatever_range_asks(server, asked: str) -> None:
+    """Starlette answered a malformed or unsatisfiable Range in plain text; the files are a few KB."""
+    with httpx.Client(timeout=10) as client:
+        for path in ("/", "/static/demo.js", "/static/demo.css"):
+            whole = client.get(server.url + path)
+            r = client.get(server.url + path, headers={"Range": asked})
+            assert r.status_code == 200 and r.content == whole.content and whole.content, (path, asked)
 
 
 @pytest.fixture(scope="module")
