@@ -20,7 +20,7 @@ from server.batcher import BatchConfig
 from server.budget import InFlightBytes
 from server.errors import RepositoryError, install_error_handlers
 from server.metrics import Metrics
-from server.middleware import ApiKey, BodyLimit, RequestMetrics
+from server.middleware import ApiKey, BodyLimit, ContentDecoding, RequestMetrics
 from server.repository import ModelSpec, load_repository
 from server.responses import FastJSONResponse
 from server.routes import DirectDispatch, direct_routes, install
@@ -123,8 +123,10 @@ class GloroApp(FastAPI):
 
 
 def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
-    """Outermost first: metrics, then the API key (when one is set), the body limit, dispatch."""
-    inner: ASGIApp = BodyLimit(DirectDispatch(app.through_fastapi, direct_routes(app)), settings.max_body_bytes,
+    """Outermost first: metrics, then the API key (when one is set), the body limit, compressed
+    bodies, dispatch."""
+    dispatch = DirectDispatch(app.through_fastapi, direct_routes(app))
+    inner: ASGIApp = BodyLimit(ContentDecoding(dispatch, settings.max_body_bytes), settings.max_body_bytes,
                                InFlightBytes(settings.max_bytes_in_flight))
     if settings.api_key is not None:
         inner = ApiKey(inner, settings.api_key.get_secret_value())

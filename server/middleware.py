@@ -1,16 +1,17 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task per request): request metrics,
-API key, body-size limit."""
+API key, body-size limit, compressed bodies."""
 
 from __future__ import annotations
 
 import hmac
 import time
+import zlib
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.budget import Hold, InFlightBytes
-from server.errors import PayloadTooLarge, Unauthorized, error_response
+from server.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType, error_response
 from server.metrics import Metrics
 
 # Only the APIs need the key; probes, metrics, docs and the demo page stay open.
@@ -134,3 +135,70 @@ class BodyLimit:
 
     def _refuse(self, size: int) -> Any:
         return error_response(413, self._message(size))
+
+
+# Content-Encodings a request body may come in, as Triton's HTTP endpoint takes them (tritonclient's
+# request_compression_algorithm): zlib's window bits for each. "deflate" is the zlib format (RFC 9110).
+CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class ContentDecoding:
+    """A body sent with Content-Encoding gzip or deflate reaches the routes decompressed, as it
+    arrives; another coding is a 415 when the route reads the body (a GET never does).
+
+    Decompressed, a body may take at most `max_bytes` (413 past it), so a small compressed body
+    cannot grow without end, and each decompressed byte counts in the request's `Hold` (inside
+    `BodyLimit`, which counts the bytes as sent). A stream that is corrupt, ends early or has
+    bytes after its end is a 400.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coding = None
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-encoding":
+                    coding = value.decode("latin-1").strip().lower()
+                    break
+        if coding is None or coding == "identity":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, self._decoding(receive, coding, scope["gloro.hold"]), send)
+
+    def _decoding(self, receive: Receive, coding: str, hold: Hold) -> Receive:
+        wbits = CODINGS.get(coding)
+        inflater = zlib.decompressobj(wbits) if wbits is not None else None
+        size = 0
+
+        async def decoded_receive() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            if inflater is None:
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {coding[:40]!r} is not accepted; send the body as is, gzip or deflate"
+                )
+            data = message.get("body", b"")
+            if inflater.eof and data:
+                raise BadRequest(f"bytes after the end of the {coding} body")
+            try:  # at most one byte past the limit: enough to know it is passed
+                body = inflater.decompress(data, self.max_bytes - size + 1)
+            except zlib.error as exc:
+                raise BadRequest(f"the body is not valid {coding} ({exc})") from None
+            size += len(body)
+            if size > self.max_bytes:
+                raise PayloadTooLarge(
+                    f"body decompressed exceeds the limit of {self.max_bytes} bytes (--max-body-bytes)"
+                )
+            if inflater.unused_data:
+                raise BadRequest(f"bytes after the end of the {coding} body")
+            if not message.get("more_body", False) and not inflater.eof:
+                raise BadRequest(f"the {coding} body ends before its stream does (truncated)")
+            hold.take(len(body), "decompressed body bytes")
+            return {**message, "body": body}
+
+        return decoded_receive

@@ -63,6 +63,18 @@ def test_tritonclient_defaults_match_the_image_api(server, mnist_test) -> None:
         client.infer("nope", [tensor])
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_get_the_answers_of_plain_ones(server, mnist_test, compression) -> None:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    x = (mnist_test[0][:8].astype(np.float32) / 255).reshape(8, 1, 28, 28)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    plain = client.infer("tiny", [tensor])
+    compressed = client.infer("tiny", [tensor], request_compression_algorithm=compression)
+    for name in ("label", "certified", "radius", "logits"):
+        assert compressed.as_numpy(name).tolist() == plain.as_numpy(name).tolist(), name
+
+
 def batches(process: ServerProcess) -> tuple[float, float]:
     """(forward passes, forward passes of exactly one image) so far."""
     buckets = histogram_buckets(process.metrics(), "gloro_batch_size", "tiny")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import gzip
 import json
 import re
 import socket
@@ -51,6 +52,12 @@ def v2(shape: list[int], blob: bytes, datatype: str = "FP32", size: int | None =
     length = str(len(header)) if header_length is None else header_length
     return {"content": header + blob, "headers": {"Inference-Header-Content-Length": length,
                                                   "Content-Type": "application/octet-stream"}}
+
+
+def coded(data: bytes, coding: str, spoil=lambda z: z) -> dict:
+    """A raw PNG request whose body is compressed (then, optionally, spoilt)."""
+    compressed = {"gzip": gzip.compress, "deflate": zlib.compress}.get(coding, lambda d: d)(data)
+    return {"content": spoil(compressed), "headers": {"Content-Type": "image/png", "Content-Encoding": coding}}
 
 
 def corpus(digit: np.ndarray) -> list[tuple[str, str, dict, int, str]]:
@@ -134,6 +141,13 @@ def corpus(digit: np.ndarray) -> list[tuple[str, str, dict, int, str]]:
         ("header abuse: huge content type", predict, raw(good["PNG"], "text/" + "x" * 4000), 415, "is not accepted"),
         ("header abuse: bearer junk", predict, {"content": good["PNG"], "headers": {"Content-Type": "image/png", "Authorization": ("Bearer " + "\u00e9" * 10).encode("latin-1")}}, 200, ""),
         ("wrong method", predict, {"method": "PUT"}, 405, "not allowed"),
+        ("gzip body", predict, coded(good["PNG"], "gzip"), 200, ""),
+        ("deflate body", predict, coded(good["PNG"], "deflate"), 200, ""),
+        ("gzip bomb", predict, coded(b"\0" * (20 * MAX_BODY), "gzip"), 413, "body decompressed exceeds the limit of 1048576"),
+        ("corrupt gzip", predict, coded(good["PNG"], "gzip", lambda z: z[:10] + bytes(b ^ 0xFF for b in z[10:])), 400, "not valid gzip"),
+        ("truncated gzip", predict, coded(good["PNG"], "gzip", lambda z: z[: len(z) // 2]), 400, "truncated"),
+        ("bytes after gzip", predict, coded(good["PNG"], "gzip", lambda z: z + b"junk"), 400, "bytes after the end"),
+        ("unknown coding", predict, coded(good["PNG"], "br"), 415, "Content-Encoding 'br' is not accepted"),
     ]
     return cases
 
