@@ -117,6 +117,7 @@ def export_random(architecture: str, input_shape: tuple[int, int, int], classes:
         "epsilon": config.eps,
         "architecture": architecture,
         "onnx": {"file": "model.onnx", "sha256": sha256(onnx_path), "opset": OPSET},
+        "safetensors": {"file": "model.safetensors", "sha256": sha256(folder / "model.safetensors")},
         "provenance": {"note": f"random weights (seed {seed}) for benchmarks; certifies nothing useful",
                        "config": asdict(config), "epochs": 0},  # untrained: the torch backend reads this
     }

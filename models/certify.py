@@ -60,7 +60,8 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
     eps_values = eps_values or sorted({config.eps, config.train_eps})
     test_set = data.load(config.dataset, data_dir or config.data_dir, train=False).subset(test_subset)
     started = time.perf_counter()
-    sound = evaluate(model, test_set, BoundMode.SOUND, device=dev, safety_factor=factor)
+    allowance = source.margin_allowance  # an exported version's; a training checkpoint has none yet
+    sound = evaluate(model, test_set, BoundMode.SOUND, device=dev, safety_factor=factor, margin_allowance=allowance)
     seconds = time.perf_counter() - started
     estimate = evaluate(model, test_set, BoundMode.ESTIMATE, device=dev)
     layers = model.body.named_bounds()
@@ -71,7 +72,8 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
         "epochs": epochs, "n": int(len(test_set.labels)),
         "clean_accuracy": sound.clean_accuracy,
         "sound": {"body_lipschitz": model.body.lipschitz_bound() * factor,
-                  "safety_factor": factor, "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
+                  "safety_factor": factor, "margin_allowance": allowance,
+                  "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
         "estimate": {"body_lipschitz": float(model.body.lipschitz_estimate().detach()),
                      "vra": {f"{e:g}": estimate.vra(e) for e in eps_values}},
         "layers": layers,

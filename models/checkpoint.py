@@ -196,6 +196,17 @@ class ExportedVersion:
     train_command: str | None = None
     safety_factor: float | None = None  # what its certificates were computed with
     exports: tuple[dict[str, Any], ...] = ()  # date, code version and sha256 of its export and those before it
+    margin_allowance: float = 0.0  # what its head takes off each margin for float32 rounding (0 before it had one)
+
+
+def _margin_allowance(manifest: dict[str, Any], folder: Path) -> float:
+    """The float32 allowance a version's head takes off each margin (0 if its manifest, older than
+    the allowance, does not say)."""
+    bound = manifest.get("bound")
+    allowance = bound.get("margin_allowance", 0.0) if isinstance(bound, dict) else 0.0
+    if isinstance(allowance, bool) or not isinstance(allowance, (int, float)) or not 0 <= allowance < float("inf"):
+        raise CheckpointError(f"{folder}/gloro.json: bound.margin_allowance must be a number >= 0, got {allowance!r}")
+    return float(allowance)
 
 
 def _safety_factor(manifest: dict[str, Any], folder: Path) -> float | None:
@@ -228,7 +239,8 @@ def read_exported(folder: Path) -> ExportedVersion:
     config = _config_from(raw, f"{folder}/gloro.json")
     known = command if isinstance(command, str) and command != "unknown" else None
     factor = _safety_factor(manifest, folder)
-    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor, exports)
+    return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor, exports,
+                           _margin_allowance(manifest, folder))
 
 
 def _exported_network(folder: Path) -> tuple[GloroNet, ExportedVersion]:
@@ -255,6 +267,7 @@ class Source:
     train_command: str | None = None
     safety_factor: float = SAFETY_FACTOR  # an exported version's own, where its manifest says
     exports: tuple[dict[str, Any], ...] = ()  # an exported version's own export and those before it
+    margin_allowance: float = 0.0  # an exported version's own; a checkpoint's is measured at its export
 
 
 def load_source(folder: Path) -> Source:
@@ -263,7 +276,7 @@ def load_source(folder: Path) -> Source:
     if (folder / "gloro.json").is_file():
         network, exported = _exported_network(folder)
         return Source(network, exported.config, exported.epochs, exported.train_command,
-                      exported.safety_factor or SAFETY_FACTOR, exported.exports)
+                      exported.safety_factor or SAFETY_FACTOR, exported.exports, exported.margin_allowance)
     model, config, state = load_model(folder)
     return Source(model, config, trained_epochs(config, state))
 

@@ -36,11 +36,13 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: GloroNet, data: Dataset, mode: BoundMode = BoundMode.SOUND, batch_size: int = 1000,
-             device: str | torch.device = "cpu", safety_factor: float = SAFETY_FACTOR) -> Evaluation:
+             device: str | torch.device = "cpu", safety_factor: float = SAFETY_FACTOR,
+             margin_allowance: float = 0.0) -> Evaluation:
     model.eval()
     predicted, radius = [], []
     with exact_float32():
-        head = RadiusHead(model.lipschitz_matrix(mode, safety_factor).detach()).to(device)
+        head = RadiusHead(model.lipschitz_matrix(mode, safety_factor).detach(), margin_allowance=margin_allowance)
+        head = head.to(device)
         for start in range(0, len(data.labels), batch_size):
             x = to_float(data.images[start:start + batch_size]).to(device)
             label, r = head(model(x))

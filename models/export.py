@@ -1,13 +1,15 @@
 """Export a checkpoint to a model repository entry: model.onnx + gloro.json (docs/artifact.md).
 
 The ONNX graph holds the network *and* its certification head; the sound constants (times
-:data:`~models.gloro.SAFETY_FACTOR`) are initializers. ``model.safetensors`` beside it carries the
+:data:`~models.gloro.SAFETY_FACTOR`) and the margin allowance for float32 rounding (measured here,
+times :data:`ALLOWANCE_CUSHION`) are initializers. ``model.safetensors`` beside it carries the
 same tensors for the optional torch backend. Everything is written to a temporary sibling folder
 and renamed into place, so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 import json
@@ -31,11 +33,16 @@ from models.checkpoint import TrainConfig
 from models.evaluate import Evaluation, is_collapsed
 from models.gloro import SAFETY_FACTOR, BoundMode, GloroNet, RadiusHead
 from models.layers import BoundedSequential, require_bounded
+from models.numerics import exact_float32
 from server.repository import sha256_file
 
 FORMAT_VERSION = 1
 OPSET = 17
 BOUND_METHOD = "sound: exact SVD in float64 (dense); FFT over an N x N torus with space-to-depth for strides (conv)"
+# The head takes this many times the largest float32 margin error measured at export (twice the
+# largest logit error against float64) off every margin: the cushion that
+# tests/models/test_shipped_models.py asked of the safety factor at the model's eps, at every eps.
+ALLOWANCE_CUSHION = 100.0
 VRA_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 1.58, 2.0)
 
 
@@ -68,8 +75,11 @@ class CertifiedModel(nn.Module):
         m = len(config.classes)
         return cls(model.body, model.head_weight, model.head.linear.bias, torch.ones(m, m))
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.body(x), self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = F.linear(self.body(x), self.weight, self.bias)
+        logits = self.logits(x)
         label, radius = self.radius(logits)
         return logits, label, radius
 
@@ -86,6 +96,25 @@ def write_onnx(module: CertifiedModel, input_shape: tuple[int, ...], path: Path)
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "label": {0: "batch"}, "radius": {0: "batch"}},
         )
     path.write_bytes(buffer.getvalue())
+
+
+@torch.no_grad()
+def float32_logit_error(module: CertifiedModel, onnx_path: Path, dataset: data.Dataset, batch_size: int = 1000) -> float:
+    """The largest |logit| difference over `dataset` between float32 as served (torch on the CPU,
+    and onnxruntime running `onnx_path`) and the same network in float64."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    wide = copy.deepcopy(module).double()
+    error = 0.0
+    with exact_float32():
+        for start in range(0, len(dataset.labels), batch_size):
+            x = dataset.images[start:start + batch_size].astype(np.float32) / np.float32(255.0)
+            exact = wide.logits(torch.from_numpy(x).double())
+            onnx_logits = torch.from_numpy(session.run(["logits"], {"input": x})[0])
+            for served in (module.logits(torch.from_numpy(x)), onnx_logits):
+                error = max(error, float((served.double() - exact).abs().max()))
+    return error
 
 
 def onnx_evaluate(path: Path, dataset: data.Dataset, batch_size: int = 1000) -> Evaluation:
@@ -142,6 +171,8 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"- Clean accuracy on the {m['n']} {m['split']} images: {100 * m['clean_accuracy']:.2f}%\n"
         f"- Verified-robust accuracy (sound bound) by eps: {vra}\n"
         f"- Body Lipschitz bound k = {b['body_lipschitz']:.6g} (times safety factor {b['safety_factor']})\n"
+        f"- Margin allowance for float32 rounding: {b['margin_allowance']:.3g} ({b['allowance_cushion']:g}x the "
+        f"largest margin error measured, {2 * b['float32_logit_error']:.3g})\n"
         f"- Trained for {p['epochs']} epochs; exported {p['date']} from code {p['code_version']}\n"
         f"{earlier}"
         f"- Training command: `{p['train_command']}`\n\n"
@@ -180,6 +211,10 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=out.parent))
     try:
         onnx_path = tmp / "model.onnx"
+        write_onnx(certified, tuple(config.input_shape), onnx_path)  # the logits: the allowance is not in them
+        logit_error = float32_logit_error(certified, onnx_path, test_set)
+        allowance = ALLOWANCE_CUSHION * 2 * logit_error
+        certified.radius.set_margin_allowance(allowance)
         write_onnx(certified, tuple(config.input_shape), onnx_path)
         evaluation = onnx_evaluate(onnx_path, test_set)
         if is_collapsed(evaluation):
@@ -203,8 +238,12 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
                 "safety_factor": safety_factor,
                 "body_lipschitz": model.body.lipschitz_bound(),
                 "layers": layers,
+                "float32_logit_error": logit_error,
+                "margin_allowance": allowance,
+                "allowance_cushion": ALLOWANCE_CUSHION,
             },
             "onnx": {"file": "model.onnx", "sha256": sha, "opset": OPSET},
+            "safetensors": {"file": "model.safetensors", "sha256": sha256_file(tmp / "model.safetensors")},
             "metrics": {
                 "dataset": config.dataset, "split": "test", "n": int(len(test_set.labels)),
                 "clean_accuracy": evaluation.clean_accuracy,

@@ -7,6 +7,7 @@ implementation of that idea: training, certification, export and the torch backe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -49,25 +50,41 @@ def bottom_logit(logits: torch.Tensor, K: torch.Tensor, eps: float, reference: t
 
 
 class RadiusHead(nn.Module):
-    """logits -> (label, radius), radius = min_{j != label} (f_label - f_j) / K[label, j].
+    """logits -> (label, radius), radius = max(0, min_{j != label} (f_label - f_j - a) / K[label, j]).
 
-    Holds 1 / K (zero diagonal) and a huge penalty on the diagonal as buffers, so the exported
-    graph is two row gathers, a multiply-add and a min: no division, no mask built per request.
+    `a`, the margin allowance, is the float32 rounding a margin may carry, taken off before the
+    division. The safety factor on K buys eps * (factor - 1) * K of margin, which vanishes as eps
+    does: without `a` a review found points certified at eps near 1e-6 that an image within eps
+    of them broke, the two logits a few float32 steps apart (docs/artifact.md, "Rounding").
+    The export sets `a` from the float32-vs-float64 logit error it measures (`set_margin_allowance`).
+
+    Holds 1 / K (zero diagonal) and an offset (-a / K, and a huge penalty on the diagonal) as
+    buffers, so the exported graph is two row gathers, a multiply-add, a min and a clamp: no
+    division, no mask built per request.
     """
 
-    def __init__(self, K: torch.Tensor, dtype: torch.dtype = torch.float32):
+    def __init__(self, K: torch.Tensor, dtype: torch.dtype = torch.float32, margin_allowance: float = 0.0):
         super().__init__()
         eye = torch.eye(K.shape[0], dtype=torch.bool, device=K.device)
         inverse = torch.zeros_like(K, dtype=torch.float64)
         inverse[~eye] = 1.0 / K.to(torch.float64)[~eye]
         self.register_buffer("inverse_K", inverse.to(dtype))
-        self.register_buffer("self_penalty", eye.to(dtype) * torch.finfo(dtype).max)
+        self.register_buffer("offset", torch.zeros_like(inverse, dtype=dtype))
+        self.set_margin_allowance(margin_allowance)
+
+    def set_margin_allowance(self, allowance: float) -> None:
+        if not (allowance >= 0.0 and math.isfinite(allowance)):
+            raise ValueError(f"a margin allowance must be finite and >= 0, not {allowance}")
+        eye = torch.eye(self.offset.shape[0], dtype=torch.bool, device=self.offset.device)
+        offset = -allowance * self.inverse_K.to(torch.float64)
+        offset[eye] = torch.finfo(self.offset.dtype).max
+        self.offset.copy_(offset)
 
     def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         label = logits.argmax(dim=1)
         top = logits.amax(dim=1, keepdim=True)
-        radius = ((top - logits) * self.inverse_K[label] + self.self_penalty[label]).amin(dim=1)
-        return label, radius
+        radius = ((top - logits) * self.inverse_K[label] + self.offset[label]).amin(dim=1)
+        return label, radius.clamp_min(0.0)
 
 
 @dataclass
@@ -113,9 +130,9 @@ class GloroNet(nn.Module):
         return margin_lipschitz(k, self.head_weight)
 
     def certify(self, x: torch.Tensor, eps: float, mode: BoundMode = BoundMode.SOUND,
-                K: torch.Tensor | None = None) -> Certificate:
+                K: torch.Tensor | None = None, margin_allowance: float = 0.0) -> Certificate:
         """Logits, label, radius and the bottom logit at ``eps``, from one forward pass."""
         logits = self(x)
         K = (self.lipschitz_matrix(mode) if K is None else K).to(device=logits.device, dtype=logits.dtype)
-        label, radius = RadiusHead(K, logits.dtype)(logits)
+        label, radius = RadiusHead(K, logits.dtype, margin_allowance)(logits)
         return Certificate(logits, label, radius, bottom_logit(logits, K, eps, label))

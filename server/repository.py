@@ -49,19 +49,31 @@ class InputSpec(BaseModel):
         return self
 
 
-class OnnxSpec(BaseModel):
+class HashedFile(BaseModel):
+    """A file of the version folder and the sha256 it must have."""
+
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    file: str = "model.onnx"
+    file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    opset: int | None = None
 
     @field_validator("file")
     @classmethod
     def _bare_name(cls, value: str) -> str:
         if value in ("", ".", "..") or "/" in value or "\\" in value or "\x00" in value:
-            raise ValueError(f"onnx.file must be a file name in the version folder, not {value!r}")
+            raise ValueError(f"file must be a file name in the version folder, not {value!r}")
         return value
+
+
+class OnnxSpec(HashedFile):
+    file: str = "model.onnx"
+    opset: int | None = None
+
+
+class WeightsSpec(HashedFile):
+    """model.safetensors, for the torch backend (manifests written since 2026-12-04 list it)."""
+
+    file: str = "model.safetensors"
 
 
 class Manifest(BaseModel):
@@ -79,6 +91,7 @@ class Manifest(BaseModel):
     architecture: str | None = None
     bound: dict[str, Any] | None = None
     onnx: OnnxSpec
+    safetensors: WeightsSpec | None = None
     metrics: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
 
@@ -116,6 +129,16 @@ class ModelSpec:
     @property
     def epsilon(self) -> float:
         return self.manifest.epsilon
+
+    def weights_path(self) -> Path:
+        """model.safetensors, checked against the manifest's sha256 (the torch backend reads it);
+        RepositoryError if the manifest lists none or the file is not the one exported."""
+        if self.manifest.safetensors is None:
+            raise RepositoryError(
+                f"{self.directory / MANIFEST} lists no safetensors file with its sha256 (exported before "
+                "2026-12-04): re-export the version to serve it with the torch backend"
+            )
+        return verified_file(self.directory, self.directory, self.manifest.safetensors)
 
 
 def sha256_file(path: Path) -> str:
@@ -155,6 +178,22 @@ def read_manifest(version_dir: Path, root: Path) -> Manifest:
         raise RepositoryError(f"{path}: {describe_validation_errors(exc.errors())}") from None
 
 
+def verified_file(version_dir: Path, root: Path, spec: HashedFile) -> Path:
+    """The version folder's file named by `spec`, inside `root`, present, with the sha256 it names."""
+    path = _inside(version_dir / spec.file, root, "model file")
+    if not path.is_relative_to(version_dir.resolve()):
+        raise RepositoryError(f"{path}: the file must lie in {version_dir}")
+    if not path.is_file():
+        raise RepositoryError(f"{version_dir}: {spec.file} is missing")
+    actual = sha256_file(path)
+    if actual != spec.sha256:
+        raise RepositoryError(
+            f"{path}: sha256 {actual} does not match the manifest's {spec.sha256}; "
+            "refusing a model that is not the one exported"
+        )
+    return path
+
+
 def load_version(root: Path, name: str, version: str) -> ModelSpec:
     """Validate one version folder: manifest, names, paths, sha256 of the ONNX file."""
     version_dir = _inside(root / name / version, root, "version folder")
@@ -164,18 +203,7 @@ def load_version(root: Path, name: str, version: str) -> ModelSpec:
             f"{version_dir / MANIFEST}: says {manifest.name!r} version {manifest.version!r} "
             f"but lies in {name}/{version}"
         )
-    onnx_path = _inside(version_dir / manifest.onnx.file, root, "onnx file")
-    if not onnx_path.is_relative_to(version_dir):
-        raise RepositoryError(f"{onnx_path}: the ONNX file must lie in {version_dir}")
-    if not onnx_path.is_file():
-        raise RepositoryError(f"{version_dir}: {manifest.onnx.file} is missing")
-    actual = sha256_file(onnx_path)
-    if actual != manifest.onnx.sha256:
-        raise RepositoryError(
-            f"{onnx_path}: sha256 {actual} does not match the manifest's {manifest.onnx.sha256}; "
-            "refusing a model that is not the one exported"
-        )
-    return ModelSpec(name, version, version_dir, onnx_path, manifest)
+    return ModelSpec(name, version, version_dir, verified_file(version_dir, root, manifest.onnx), manifest)
 
 
 def versions_of(model_dir: Path) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import numpy as np
 
 from server.backends.base import Backend, BackendError, BatchOutput
+from server.errors import RepositoryError
 from server.repository import ModelSpec
 from server.settings import CudaWaitName
 
@@ -48,6 +49,10 @@ class TorchBackend(Backend):
 
             torch.set_num_threads(self.threads)
         device = resolve_device(self.device)
+        try:
+            self.spec.weights_path()  # the tensors it reads are the ones exported, as model.onnx's are
+        except RepositoryError as exc:
+            raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
         try:
             self._predictor = TorchPredictor(self.spec.directory, device, self.cuda_wait)
         except CheckpointError as exc:

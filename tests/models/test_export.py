@@ -36,6 +36,7 @@ def test_repository_entry_has_the_contracted_files_and_manifest(exported):
     assert manifest["epsilon"] == 0.3 and manifest["train_epsilon"] == 0.45
     assert manifest["input"] == {"shape": [1, 28, 28], "color_mode": "L", "range": [0.0, 1.0]}
     assert manifest["onnx"]["sha256"] == sha256_file(exported / "model.onnx")
+    assert manifest["safetensors"]["sha256"] == sha256_file(exported / "model.safetensors")
     assert manifest["bound"]["safety_factor"] == SAFETY_FACTOR
     for layer in manifest["bound"]["layers"]:
         assert layer["bound"] >= layer["estimate"] * (1 - 1e-6)
@@ -62,7 +63,9 @@ def test_convolutions_pad_inside_themselves(exported):
 
 def test_onnxruntime_agrees_with_torch_on_the_mnist_test_set(exported, trained_run, mnist_dir):
     model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
+    allowance = json.loads((exported / "gloro.json").read_text())["bound"]["margin_allowance"]
     reference = CertifiedModel.from_gloro(model.eval()).eval()
+    reference.radius.set_margin_allowance(allowance)
     test = data.load("mnist", mnist_dir, train=False).subset(2000)
     x = test.images.astype(np.float32) / 255.0
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -72,7 +75,7 @@ def test_onnxruntime_agrees_with_torch_on_the_mnist_test_set(exported, trained_r
     assert np.array_equal(label, t_label.numpy())
     np.testing.assert_allclose(radius, t_radius.numpy(), rtol=1e-5, atol=1e-6)
     # and with the training-side computation, through GloroNet.certify
-    cert = model.certify(torch.from_numpy(x), eps=0.3, mode=BoundMode.SOUND)
+    cert = model.certify(torch.from_numpy(x), eps=0.3, mode=BoundMode.SOUND, margin_allowance=allowance)
     np.testing.assert_allclose(radius, cert.radius.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -76,6 +76,20 @@ def test_radius_head_never_picks_the_predicted_class_itself():
     assert float(radius) == pytest.approx(min(4.0 / 2.0, 2.0 / 1.0))
 
 
+def test_radius_head_takes_the_margin_allowance_off_every_margin_and_clamps_at_zero():
+    K = torch.tensor([[0.0, 2.0, 1.0], [2.0, 0.0, 4.0], [1.0, 4.0, 0.0]])
+    head = RadiusHead(K, margin_allowance=0.5)
+    _, radius = head(torch.tensor([[5.0, 1.0, 3.0], [5.0, 4.9, 0.0], [1.0, 1.0, 1.0]]))
+    assert radius[0].item() == pytest.approx(min((4.0 - 0.5) / 2.0, (2.0 - 0.5) / 1.0))
+    assert radius[1].item() == 0.0  # a margin of 0.1 is under the allowance: no certificate, not a negative radius
+    assert radius[2].item() == 0.0  # a tie
+    head.set_margin_allowance(0.0)
+    assert head(torch.tensor([[5.0, 1.0, 3.0]]))[1].item() == pytest.approx(2.0)
+    for bad in (-1e-9, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin allowance must be finite and >= 0"):
+            head.set_margin_allowance(bad)
+
+
 def test_bottom_logit_is_the_best_raised_other_logit():
     logits = torch.tensor([[2.0, 1.0, 0.5]])
     K = torch.tensor([[0.0, 1.0, 4.0], [1.0, 0.0, 1.0], [4.0, 1.0, 0.0]])

@@ -83,6 +83,9 @@ def test_torch_backend_refuses_a_version_it_cannot_read_in_one_line(
     if damage == "truncate":
         weights = folder / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
+        manifest = json.loads((folder / "gloro.json").read_text())
+        manifest["safetensors"]["sha256"] = sha256_file(weights)  # past the hash check, to the reader
+        (folder / "gloro.json").write_text(json.dumps(manifest))
     else:
         manifest = json.loads((folder / "gloro.json").read_text())
         del manifest["provenance"]
@@ -148,3 +151,26 @@ def test_the_cuda_wait_setting_reaches_the_torch_backend(tiny_repo: Path) -> Non
     app = create_app(ServerSettings(repository=tiny_repo, backend="torch", device="cpu", cuda_wait="block"))
     backend = app.state.models.services["tiny"].backend
     assert type(backend).__name__ == "TorchBackend" and backend.cuda_wait == "block"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spoil", ["edited weights", "manifest without their hash"])
+def test_the_torch_backend_serves_only_the_weights_that_were_exported(tmp_path: Path, spoil: str) -> None:
+    """model.onnx is checked against its sha256 at start; the torch backend reads model.safetensors
+    instead, so it is checked the same way before torch reads it."""
+    pytest.importorskip("torch", reason="the torch backend needs the train extra")
+    version = tmp_path / "mnist-2c2f" / "1"
+    shutil.copytree(SHIPPED / "1", version)
+    if spoil == "edited weights":
+        data = bytearray((version / "model.safetensors").read_bytes())
+        data[-1] ^= 1
+        (version / "model.safetensors").write_bytes(bytes(data))
+        needle = r"model\.safetensors: sha256 [0-9a-f]{64} does not match the manifest's"
+    else:
+        manifest = json.loads((version / "gloro.json").read_text())
+        del manifest["safetensors"]
+        (version / "gloro.json").write_text(json.dumps(manifest))
+        needle = "lists no safetensors file with its sha256.*re-export the version"
+    backend = backend_factory("torch", "cpu", 0)(load_repository(tmp_path)["mnist-2c2f"])
+    with pytest.raises(BackendError, match="torch backend cannot load mnist-2c2f: .*" + needle):
+        backend.load()

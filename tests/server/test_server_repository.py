@@ -66,7 +66,7 @@ def test_malformed_manifest_is_refused(repo: Path) -> None:
         ({"classes": ["a"]}, "classes"),
         ({"input": {"shape": [3, 28, 28], "color_mode": "L"}}, "3 channels but color_mode L"),
         ({"name": "other"}, "says 'other' version '1' but lies in tiny/1"),
-        ({"onnx": {"file": "../../outside.onnx", "sha256": "0" * 64}}, "onnx.file must be a file name"),
+        ({"onnx": {"file": "../../outside.onnx", "sha256": "0" * 64}}, "onnx.file: Value error, file must be a file name"),
     ],
 )
 def test_invalid_manifest_fields_are_refused(repo: Path, changes: dict, match: str) -> None:
