@@ -66,11 +66,15 @@ class RequestOutput(BaseModel):
 
 class InferRequest(BaseModel):
     """`$inference_request`. gloro-serve reads `parameters.epsilon` (default: the model's) and
-    `parameters.binary_data_output`."""
+    `parameters.binary_data_output`. `model_name` and `model_version` are not in the protocol's
+    request, but KServe's client sends them in every one (and Triton's examples do): they must
+    agree with the path."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=16)
     outputs: list[RequestOutput] | None = Field(None, max_length=16)

@@ -17,15 +17,17 @@ class HealthAPI:
         self.models = models
         self.metrics = metrics
 
+    # "live" and "ready" are the protocol's bodies ($live_server_response, $ready_server_response),
+    # which KServe's client reads; "status" is ours.
     async def live(self) -> Response:
-        return FastJSONResponse({"status": "alive"})
+        return FastJSONResponse({"status": "alive", "live": True})
 
     async def ready(self) -> Response:
         """200 only once every model is loaded and warmed up (and until shutdown begins)."""
         if not self.models.ready:
             waiting = [n for n, s in self.models.services.items() if not s.ready]
             raise Unavailable(f"not ready: models {', '.join(waiting)} not loaded")
-        return FastJSONResponse({"status": "ready", "models": list(self.models.services)})
+        return FastJSONResponse({"status": "ready", "ready": True, "models": list(self.models.services)})
 
     async def model_ready(self, name: str) -> Response:
         service = self.models.get(name)

@@ -98,16 +98,41 @@ def _input_tensor(request: InferRequest, binary: memoryview, service: ModelServi
     return array
 
 
+def _flag(parameters: dict[str, Any] | None, key: str, default: bool, where: str) -> bool:
+    """A boolean parameter of the binary extension: true or false, nothing else ("false" is truthy)."""
+    value = (parameters or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}parameters.{key} must be true or false, not {str(value)[:20]!r}")
+    return value
+
+
 def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
-    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
-    if request.outputs is None:
+    """(name, binary) for each output asked for; all of them when none is named (an empty list too:
+    an answer with no outputs is of no use)."""
+    binary_default = _flag(request.parameters, "binary_data_output", False, "")
+    if not request.outputs:
         return [(name, binary_default) for name in OUTPUTS]
-    wanted = []
+    wanted: dict[str, bool] = {}
     for output in request.outputs:
         if output.name not in OUTPUTS:
             raise BadRequest(f"unknown output {output.name[:32]!r}; outputs are {', '.join(OUTPUTS)}")
-        wanted.append((output.name, bool((output.parameters or {}).get("binary_data", binary_default))))
-    return wanted
+        if output.name in wanted:
+            raise BadRequest(f"output {output.name!r} is asked for twice")
+        if "classification" in (output.parameters or {}):
+            raise BadRequest(f"output {output.name!r}: the classification extension (class_count) is not "
+                             "supported; ask for logits and take the top classes")
+        wanted[output.name] = _flag(output.parameters, "binary_data", binary_default, f"output {output.name!r}: ")
+    return list(wanted.items())
+
+
+def _check_model(request: InferRequest, service: ModelService) -> None:
+    """A request naming its model (KServe's client always does) must name the one in the path."""
+    spec = service.spec
+    if request.model_name is not None and request.model_name != spec.name:
+        raise BadRequest(f"model_name {request.model_name[:64]!r} in the request, but the path names {spec.name!r}")
+    if request.model_version not in (None, "", spec.version):
+        raise BadRequest(f"model_version {request.model_version[:16]!r} in the request, but {spec.name} "
+                         f"serves version {spec.version}")
 
 
 def _tensor(prediction: Prediction, name: str) -> np.ndarray:
@@ -191,6 +216,7 @@ class OpenInferenceAPI:
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
         infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
+        _check_model(infer_request, service)
         inputs = _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
         _requested_outputs(infer_request)  # refuse unknown outputs before running the model
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)

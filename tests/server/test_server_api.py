@@ -159,6 +159,46 @@ def test_v2_metadata_and_health(client) -> None:
     assert client.get("/v2/models/tiny/versions/2").status_code == 200
     for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready"):
         assert client.get(path).status_code == 200, path
+    # the protocol's bodies, which KServe's client reads (tritonclient looks at the status only)
+    assert client.get("/v2/health/live").json()["live"] is True
+    assert client.get("/v2/health/ready").json()["ready"] is True
+    assert client.get("/v2/models/tiny/ready").json()["ready"] is True
+
+
+def v2_json(images: np.ndarray, **fields) -> dict:
+    x = (images / 255).astype(np.float32)
+    return {"inputs": [{"name": "input", "shape": [len(x), 1, 28, 28], "datatype": "FP32",
+                        "data": x.ravel().tolist()}], **fields}
+
+
+def test_v2_requests_may_name_their_model_as_kserves_client_does(client, mnist_test) -> None:
+    images = mnist_test[0][:2]
+    for fields in ({"model_name": "tiny"}, {"model_name": "tiny", "model_version": "2"}, {"model_version": ""}):
+        r = client.post("/v2/models/tiny/infer", json=v2_json(images, id="k", **fields))
+        assert r.status_code == 200 and r.json()["id"] == "k", (fields, r.text)
+    r = client.post("/v2/models/tiny/infer", json=v2_json(images, model_name="other"))
+    assert r.status_code == 400 and "model_name 'other' in the request, but the path names 'tiny'" in r.json()["error"]
+    r = client.post("/v2/models/tiny/infer", json=v2_json(images, model_version="7"))
+    assert r.status_code == 400 and "serves version 2" in r.json()["error"]
+
+
+def test_v2_outputs_an_empty_list_asks_for_all_and_bad_asks_are_400(client, mnist_test) -> None:
+    images = mnist_test[0][:2]
+    r = client.post("/v2/models/tiny/infer", json=v2_json(images, outputs=[]))
+    assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["label", "certified", "radius", "logits"]
+    bad = {
+        "asked twice": ([{"name": "label"}, {"name": "label"}], None, "output 'label' is asked for twice"),
+        "class_count": ([{"name": "logits", "parameters": {"classification": 3}}], None,
+                        "the classification extension (class_count) is not supported"),
+        "binary_data as text": ([{"name": "label", "parameters": {"binary_data": "false"}}], None,
+                                "output 'label': parameters.binary_data must be true or false, not 'false'"),
+        "binary_data_output as a number": (None, {"binary_data_output": 1},
+                                           "parameters.binary_data_output must be true or false, not '1'"),
+    }
+    for case, (outputs, parameters, needle) in bad.items():
+        fields = {k: v for k, v in (("outputs", outputs), ("parameters", parameters)) if v is not None}
+        r = client.post("/v2/models/tiny/infer", json=v2_json(images, **fields))
+        assert r.status_code == 400 and needle in r.json()["error"], (case, r.text)
 
 
 def test_docs_and_openapi(client) -> None:

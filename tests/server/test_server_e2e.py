@@ -71,8 +71,10 @@ def test_tritonclient_compressed_requests_get_the_answers_of_plain_ones(server, 
     tensor.set_data_from_numpy(x)
     plain = client.infer("tiny", [tensor])
     compressed = client.infer("tiny", [tensor], request_compression_algorithm=compression)
+    later = client.async_infer("tiny", [tensor], request_compression_algorithm=compression).get_result()
     for name in ("label", "certified", "radius", "logits"):
         assert compressed.as_numpy(name).tolist() == plain.as_numpy(name).tolist(), name
+        assert later.as_numpy(name).tolist() == plain.as_numpy(name).tolist(), name
 
 
 def batches(process: ServerProcess) -> tuple[float, float]:
