@@ -135,6 +135,9 @@ def load_state(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} is not a gloro-serve checkpoint state (format {FORMAT})")
+    epoch, history = state.get("epoch"), state.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or not isinstance(history, list):
+        raise CheckpointError(f"{path} is corrupt: it needs an epoch count (an integer >= 0) and a history list")
     return state
 
 
@@ -142,11 +145,22 @@ def load_config(folder: Path) -> TrainConfig:
     return _config_from(load_state(folder)["config"], f"{folder}/state.json")
 
 
+# The JSON types a saved config's values may have, by the type of each field's default (fields
+# whose default is None take anything: the code that reads them checks).
+CONFIG_TYPES: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,)}
+
+
 def _config_from(raw: dict[str, Any], where: str) -> TrainConfig:
     """A saved training config; keys this version does not know are dropped."""
-    known = set(TrainConfig.__dataclass_fields__)
+    defaults = asdict(TrainConfig())
+    for key, value in raw.items():
+        expected = defaults.get(key)
+        kinds = CONFIG_TYPES.get(type(expected))
+        if key in defaults and kinds and (not isinstance(value, kinds) or isinstance(value, bool) != (bool in kinds)):
+            raise CheckpointError(f"{where} has a bad config: {key} must be a {type(expected).__name__}, "
+                                  f"not {str(value)[:40]!r}")
     try:
-        return TrainConfig(**{k: v for k, v in raw.items() if k in known})
+        return TrainConfig(**{k: v for k, v in raw.items() if k in defaults})
     except TypeError as exc:
         raise CheckpointError(f"{where} has a bad config: {exc}") from None
 
@@ -183,6 +197,10 @@ def fill(build: Callable[[TrainConfig], ModuleT], config: TrainConfig, tensors: 
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{where} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
+    broken = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:  # a diverged run's weights: no bound, no certificate to compute from them
+        raise CheckpointError(f"{where} holds weights that are not finite (NaN or inf) in {', '.join(broken[:3])}"
+                              f"{' ...' if len(broken) > 3 else ''}")
     return module
 
 
@@ -313,7 +331,9 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     current = optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
-        index, key = name.split(".", 1)
+        index, dot, key = name.partition(".")
+        if not (dot and index.isdigit()):
+            raise CheckpointError(f"{folder}/optimizer.safetensors is not an optimizer state: tensor {name[:40]!r}")
         state.setdefault(int(index), {})[key] = value
     try:
         optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})

@@ -52,10 +52,39 @@ def positive_int(text: str) -> int:
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch keeps rates and weights in float32
+
+
 def positive_float(text: str) -> float:
-    value = eps_value(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    """A rate or weight: a finite number > 0 that float32 can hold."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value <= FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number (float32), got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """A random seed torch and numpy both take: 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 4294967295, got {text!r}")
     return value
 
 
@@ -80,7 +109,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=eps_value, default=d.eps, help="eps to certify at (evaluation)")
     p.add_argument("--train-eps", type=eps_value, default=None, help="eps to train at (default: 1.5 x --eps)")
     p.add_argument("--eps-ramp", default=d.eps_ramp, choices=EPS_RAMPS)
-    p.add_argument("--ramp-fraction", type=float, default=d.ramp_fraction, help="share of training spent ramping eps")
+    p.add_argument("--ramp-fraction", type=fraction, default=d.ramp_fraction, help="share of training spent ramping eps")
     p.add_argument("--loss", default=d.loss, choices=LOSSES)
     p.add_argument("--trades-lambda", type=positive_float, default=d.trades_lambda)
     p.add_argument("--lln", action="store_true", help="last-layer row normalisation")
@@ -96,7 +125,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_value, default=d.seed)
     p.add_argument("--train-subset", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, log.jsonl")
@@ -193,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][1](args)
-    except (UsageError, DataError, CheckpointError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (UsageError, DataError, CheckpointError, ValueError, OSError) as exc:  # OSError: a path it cannot write
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingCollapsed as exc:  # the run failed; its checkpoint is still the last sound epoch

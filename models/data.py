@@ -10,10 +10,12 @@ the "python" distribution is a pickle, and this project never unpickles anything
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,8 +46,10 @@ def _read_maybe_gz(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    except EOFError:  # the gzip stream ends early: a partial download
+        raise DataError(f"cannot read {path}: truncated gzip file") from None
+    except (OSError, gzip.BadGzipFile, zlib.error) as exc:  # zlib.error: a corrupt deflate stream
+        raise DataError(f"cannot read {path}: corrupt gzip file ({exc})") from None
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -57,8 +61,11 @@ def read_idx(path: Path) -> np.ndarray:
     if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic)")
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated or corrupt: truncated header ({len(data)} bytes, "
+                        f"a {ndim}-dimensional IDX header is {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # exact: numpy's product of four 32-bit sizes can wrap around
     if len(data) - header != expected:
         raise DataError(f"{path} is truncated or corrupt: {len(data) - header} data bytes, header says {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
@@ -74,10 +81,16 @@ def _find(folder: Path, stem: str) -> Path:
 def load_mnist(folder: Path, train: bool) -> Dataset:
     prefix = "train" if train else "t10k"
     images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
+    labels_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    labels = read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"MNIST files in {folder} disagree: images {images.shape}, labels {labels.shape}")
-    return Dataset(images[:, None].copy(), labels.astype(np.int64), [str(d) for d in range(10)], "L")
+    classes = [str(d) for d in range(10)]
+    if labels.max(initial=0) >= len(classes):
+        at = int(np.argmax(labels >= len(classes)))
+        raise DataError(f"MNIST labels in {labels_path} out of range: label {int(labels[at])} at index {at}; "
+                        f"MNIST labels are 0-{len(classes) - 1}")
+    return Dataset(images[:, None].copy(), labels.astype(np.int64), classes, "L")
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -112,32 +125,77 @@ def load_cifar10(folder: Path, train: bool) -> Dataset:
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
 
 
-def load_image_folder(folder: Path, train: bool) -> Dataset:
-    """``folder/{train,val}/<class>/<image>``: one sub-folder per class (Tiny-ImageNet style)."""
+def _class_folders(split: Path) -> list[str]:
+    return sorted(p.name for p in split.iterdir() if p.is_dir())
+
+
+def _image_paths(split: Path, classes: list[str]) -> Iterator[tuple[int, Path]]:
+    """(label, path) for every image file under ``split/<class>/``, class by class, in sorted order."""
+    for index, name in enumerate(classes):
+        folder = split / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in _IMAGE_SUFFIXES:
+                yield index, path
+
+
+def _decode_rgb(path: Path) -> np.ndarray:
+    """uint8 [3, H, W]: every image is converted to RGB, whatever its own mode (L, P, RGBA, ...)."""
     from PIL import Image, UnidentifiedImageError
 
-    split = folder / ("train" if train else "val")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot decode {path}: {exc}") from None
+
+
+def load_image_folder(folder: Path, train: bool) -> Dataset:
+    """``folder/{train,val}/<class>/<image>``: one sub-folder per class (Tiny-ImageNet style).
+
+    The class list, and so the label numbering, is train's: val is labelled by train's class folders,
+    so a val without some class still gets the right labels, and a val class train lacks is refused.
+    Val images must also have train's shape (the model's input shape).
+    """
+    layout = f"(expected {folder}/train/<class>/... and {folder}/val/<class>/...)"
+    train_split, split = folder / "train", folder / ("train" if train else "val")
     if not split.is_dir():
-        raise DataError(f"missing {split} (expected {folder}/train/<class>/... and {folder}/val/<class>/...)")
-    classes = sorted(p.name for p in split.iterdir() if p.is_dir())
+        raise DataError(f"missing {split} {layout}")
+    if not train_split.is_dir():
+        raise DataError(f"missing {train_split}: val labels are numbered by train's class folders {layout}")
+    classes = _class_folders(train_split)
     if not classes:
-        raise DataError(f"no class folders in {split}")
+        raise DataError(f"no class folders in {train_split}")
+    if len(classes) < 2:
+        raise DataError(f"{train_split} has only 1 class folder ({classes[0]}); a classifier needs at least 2 classes")
+    if not train:
+        unknown = sorted(set(_class_folders(split)) - set(classes))
+        if unknown:
+            raise DataError(f"class folders in {split} that {train_split} lacks: {', '.join(unknown)} "
+                            f"(train's classes: {', '.join(classes)}); the splits must use the same class names")
     images, labels = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((split / name).iterdir()):
-            if path.suffix.lower() not in _IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as img:
-                    images.append(np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"cannot decode {path}: {exc}") from None
-            labels.append(index)
+    for index, path in _image_paths(split, classes):
+        images.append(_decode_rgb(path))
+        labels.append(index)
     if not images:
         raise DataError(f"no images in {split}")
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise DataError(f"images in {split} differ in size ({sorted(shapes)[:3]}...); resize them first")
+    shape = images[0].shape
+    if train:
+        present = sorted({classes[i] for i in labels})
+        if len(present) < 2:
+            raise DataError(f"only class {present[0]} in {split} has images; a classifier needs at least 2 classes")
+    else:
+        first = next(_image_paths(train_split, classes), None)
+        if first is None:
+            raise DataError(f"no images in {train_split}")
+        train_shape = _decode_rgb(first[1]).shape
+        if shape != train_shape:
+            raise DataError(f"images in {split} are {shape} (C, H, W) but those in {train_split} are {train_shape}; "
+                            "resize them to train's size")
     return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes, "RGB")
 
 

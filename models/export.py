@@ -207,7 +207,8 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
     eps = config.eps if eps is None else eps
     test_set = data.load(config.dataset, data_dir or config.data_dir, train=False).subset(test_subset)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made_parent = not out.parent.exists()  # a failed export takes it away again: a NAME folder
+    out.parent.mkdir(parents=True, exist_ok=True)  # with no version would stop a server starting
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=out.parent))
     try:
         onnx_path = tmp / "model.onnx"
@@ -268,5 +269,7 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent and not any(out.parent.iterdir()):
+            out.parent.rmdir()
         raise
     return manifest

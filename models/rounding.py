@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models import data
+from models.cli import positive_int
 from models.export import CertifiedModel
 
 Run = Callable[[np.ndarray], list[np.ndarray]]  # float32 [N, C, H, W] -> [label, radius]
@@ -72,32 +73,52 @@ def check(version_dir: Path, onnx_path: Path | None, data_dir: str, pairs: int) 
 
     from models.torch_backend import TorchPredictor
 
-    manifest = json.loads((version_dir / "gloro.json").read_text())
-    session = ort.InferenceSession(str(onnx_path or version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    manifest_path = version_dir / "gloro.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        dataset, factor = manifest["metrics"]["dataset"], float(manifest["bound"]["safety_factor"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{manifest_path} is not a usable manifest ({type(exc).__name__}: {exc})") from None
+    graph = onnx_path or version_dir / "model.onnx"
+    try:
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for files it cannot read
+        raise ValueError(f"{graph}: onnxruntime cannot load it ({str(exc).splitlines()[0][:120]})") from None
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         return session.run(["label", "radius"], {"input": x})
 
-    test = data.load(manifest["metrics"]["dataset"], data_dir, train=False)
+    module = TorchPredictor(version_dir, "cpu").module
+    test = data.load(dataset, data_dir, train=False)
     images = test.images[:2000].astype(np.float32) / np.float32(255)
+    with torch.no_grad():  # the graph must compute this version's network, or the comparison means nothing
+        same = np.allclose(session.run(["logits"], {"input": images[:64]})[0],
+                           module.logits(torch.from_numpy(images[:64])).numpy(), rtol=1e-3, atol=1e-3)
+    if not same:
+        raise ValueError(f"{graph} does not compute the logits of {version_dir}'s weights")
     labels = np.concatenate([run(images[i:i + CHUNK])[0] for i in range(0, len(images), CHUNK)])
     points = boundary_points(run, images, labels, pairs)
     label, radius = run(points)
-    exact = exact_radius(TorchPredictor(version_dir, "cpu").module, points, label, manifest["bound"]["safety_factor"])
+    exact = exact_radius(module, points, label, factor)
     over = radius > np.maximum(exact, 0)
     return {"points": int(len(points)), "served_radius_over_exact": int(over.sum()),
             "largest_such_radius": float(radius[over].max()) if over.any() else 0.0,
             "certified_points": int((radius > 0).sum())}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise ValueError(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.rounding", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m models.rounding", description=__doc__.splitlines()[0])
     parser.add_argument("version_dir", type=Path, help="an exported model version (its weights give the exact radius)")
     parser.add_argument("--onnx", type=Path, help="serve this graph instead of the version's (the same weights)")
     parser.add_argument("--data-dir", default="../shared/datasets/mnist")
-    parser.add_argument("--pairs", type=int, default=12, help="image pairs to bisect between (80 points each)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pairs", type=positive_int, default=12, help="image pairs to bisect between (80 points each)")
     try:
+        args = parser.parse_args(argv)
         result = check(args.version_dir, args.onnx, args.data_dir, args.pairs)
     except (OSError, KeyError, ValueError) as exc:
         print(f"python -m models.rounding: error: {exc}", file=sys.stderr)

@@ -77,7 +77,8 @@ class Cosine:
 
 def eps_schedule(kind: str, train_eps: float, ramp_fraction: float, start: float = 0.01) -> Schedule:
     kinds = {
-        "log": lambda: LogRamp(min(start, train_eps), train_eps, ramp_fraction),
+        # a log scale cannot start at or reach 0: training at eps 0 is plain training, constant
+        "log": lambda: LogRamp(min(start, train_eps), train_eps, ramp_fraction) if train_eps > 0 else Constant(0.0),
         "linear": lambda: LinearRamp(0.0, train_eps, ramp_fraction),
         "constant": lambda: Constant(train_eps),
     }

@@ -111,12 +111,17 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     config.input_shape = list(train_set.input_shape)
     config.classes = train_set.classes
     config.color_mode = train_set.color_mode
-    out.mkdir(parents=True, exist_ok=True)
     last = out / "checkpoint"
+    if resume and not (last / "state.json").exists():
+        raise checkpoint.CheckpointError(f"--resume: {last} holds no checkpoint to continue from")
+    if not resume and (last / "state.json").exists():
+        raise checkpoint.CheckpointError(f"{out} already holds a run ({last}); continue it with --resume, "
+                                         "or train into another --out")
+    out.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     start_epoch = 0
     state: dict = {}
-    if resume and (last / "state.json").exists():
+    if resume:
         saved = checkpoint.load_config(last)
         _check_resume_matches(saved, config)
         config = saved
@@ -195,6 +200,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
         if runtime.is_main:
             # With a weight average, the average is what the checkpoint stands for and what is tested.
             product = average.averaged() if average is not None else model
+            reason = non_finite_reason(product, totals["loss"] / totals["seen"])
+        if runtime.is_main and reason is None:  # a diverged network has no bound to compute
             result = evaluate(product, test_set, BoundMode.SOUND, device=runtime.device)
             k_sound = product.body.lipschitz_bound()
             seen = totals["seen"]
@@ -222,6 +229,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
                 raise TrainingCollapsed(_collapse_message(epoch + 1, reason, last))
             return record
     return record
+
+
+def non_finite_reason(model: nn.Module, loss: float) -> str | None:
+    """Why a diverged epoch cannot even be evaluated (the sound bound's SVD refuses NaN), or None."""
+    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return None
+    return f"the weights are no longer finite (the training loss is {loss:.4g})"
 
 
 def _decided_by_main(flag: bool, runtime: Runtime) -> bool:

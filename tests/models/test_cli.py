@@ -39,6 +39,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     (["train", "--epochs", "0"], ["--epochs"]),
     (["train", "--data-dir", "/nonexistent/mnist"], ["/nonexistent/mnist", "does not exist"]),
     (["train", "--init-from", "/nonexistent/ckpt"], ["/nonexistent/ckpt", "missing state.json"]),
+    (["train", "--lr", "-1"], ["--lr", "expected a positive finite number", "-1"]),
+    (["train", "--lr", "1e300"], ["--lr", "float32", "1e300"]),
+    (["train", "--final-lr", "nan"], ["--final-lr", "nan"]),
+    (["train", "--ramp-fraction", "nan"], ["--ramp-fraction", "from 0 to 1", "nan"]),
+    (["train", "--ramp-fraction", "-5"], ["--ramp-fraction", "-5"]),
+    (["train", "--seed", "99999999999999999999999"], ["--seed", "from 0 to 4294967295"]),
+    (["train", "--resume"], ["--resume", "holds no checkpoint to continue from"]),
 ])
 def test_train_rejects_bad_arguments(tmp_path, args, fragments):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "run")), *fragments)
@@ -91,3 +98,70 @@ def test_certify_reports_sound_and_estimate_side_by_side_with_a_plot(tmp_path, t
     assert all(layer["ratio"] >= 1 - 1e-6 for layer in report["layers"])
     assert sum(report["radius_histogram"]["counts"]) == round(report["clean_accuracy"] * report["n"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SMALL = ("--epochs", "1", "--train-subset", "256", "--test-subset", "100", "--batch-size", "64", "--no-progress",
+         "--threads", "1")
+
+
+def test_training_into_an_earlier_run_without_resume_is_refused(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "checkpoint" / "state.json").read_bytes()
+    assert_one_line_error(run_cli("train", "--out", str(run), *SMALL), "already holds a run", "--resume")
+    assert (run / "checkpoint" / "state.json").read_bytes() == before
+
+
+def test_a_diverging_run_stops_with_the_collapse_message(tmp_path, mnist_dir):
+    """A learning rate of 1e10 turns the weights to NaN in the first epoch: the sound bound's SVD
+    cannot run on them, so the epoch is called collapsed before it is evaluated."""
+    result = run_cli("train", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run"), "--lr", "1e10", *SMALL)
+    assert_one_line_error(result, "training collapsed in epoch 1: the weights are no longer finite", "nothing was saved")
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_eps_0_trains_plainly_with_the_default_log_ramp(tmp_path, mnist_dir):
+    result = run_cli("train", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run"), "--eps", "0",
+                     "--train-eps", "0", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["train_eps"] == 0
+
+
+def test_certify_and_export_refuse_weights_that_are_not_finite(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_run / "checkpoint", ckpt)
+    tensors = load_file(ckpt / "model.safetensors")
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] * float("nan")
+    save_file(tensors, ckpt / "model.safetensors")
+    assert_one_line_error(run_cli("certify", str(ckpt)), "holds weights that are not finite", name)
+    out = tmp_path / "repo" / "m" / "1"
+    assert_one_line_error(run_cli("export", str(ckpt), "--out", str(out)), "not finite")
+    assert not (tmp_path / "repo" / "m").exists()  # no empty NAME folder for a server to trip on
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    (lambda s: s.pop("epoch"), "needs an epoch count"),
+    (lambda s: s.update(history=None), "history list"),
+    (lambda s: s["config"].update(classes=5), "classes must be a list"),
+    (lambda s: s["config"].update(input_shape=None), "input_shape must be a list"),
+    (lambda s: s["config"].update(epochs="ten"), "epochs must be a int"),
+])
+def test_certify_names_a_corrupt_state_file(trained_run, tmp_path, change, fragment):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_run / "checkpoint", ckpt)
+    state = json.loads((ckpt / "state.json").read_text())
+    change(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+    assert_one_line_error(run_cli("certify", str(ckpt)), "state.json", fragment)
+
+
+def test_paths_that_cannot_be_written_are_one_line_errors(trained_run, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert_one_line_error(run_cli("export", str(trained_run / "checkpoint"), "--out", str(a_file / "m" / "1")),
+                          "Not a directory")
+    assert_one_line_error(run_cli("certify", str(trained_run / "checkpoint"), "--test-subset", "10",
+                                  "--out", str(tmp_path)), "Is a directory")
