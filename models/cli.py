@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from models.architectures import ACTIVATIONS, ARCHITECTURES
 from models.checkpoint import CheckpointError, TrainConfig
@@ -20,6 +20,9 @@ from models.collapse import TrainingCollapsed
 from models.data import LOADERS, DataError
 from models.losses import LOSSES
 from models.schedules import EPS_RAMPS, LR_SCHEDULES
+
+
+T = TypeVar("T")
 
 
 class UsageError(ValueError):
@@ -31,72 +34,45 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def eps_value(text: str) -> float:
-    """An eps: a finite number >= 0."""
+def _checked(text: str, convert: Callable[[str], T], ok: Callable[[T], bool], wanted: str) -> T:
+    """``convert(text)`` if it converts and passes ``ok``, else argparse's error naming ``wanted``."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"eps must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # torch keeps rates and weights in float32
 
 
+def eps_value(text: str) -> float:
+    return _checked(text, float, lambda v: math.isfinite(v) and v >= 0, "an eps: a finite number >= 0")
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v > 0, "a positive integer")
+
+
 def positive_float(text: str) -> float:
     """A rate or weight: a finite number > 0 that float32 can hold."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value <= FLOAT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number (float32), got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0 < v <= FLOAT32_MAX, "a positive finite number (float32)")
 
 
 def fraction(text: str) -> float:
-    """A share: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
-
-
-def seed_value(text: str) -> int:
-    """A random seed torch and numpy both take: 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 4294967295, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1")
 
 
 def unit_interval(text: str) -> float:
-    """A decay: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
-    return value
+    """A decay."""
+    return _checked(text, float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+
+
+def seed_value(text: str) -> int:
+    """A random seed torch and numpy both take."""
+    return _checked(text, int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295")
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
