@@ -14,9 +14,15 @@ from models.gloro import BoundMode
 from models.train import resolve_device
 
 
+def eps_key(eps: float) -> str:
+    """0.3 -> "0.3", with enough digits that two eps asked for never share a key (%g keeps six)."""
+    return f"{eps:.15g}"
+
+
 def radius_histogram(evaluation: Evaluation, bins: int = 20) -> dict[str, list[float]]:
     """Histogram of certified radii of the correctly classified points."""
     radii = evaluation.radius[evaluation.correct]
+    radii = radii[np.isfinite(radii)]  # a degenerate head (two equal rows: K = 0) gives inf or NaN
     top = float(radii.max()) if radii.size else 1.0
     counts, edges = np.histogram(radii, bins=bins, range=(0.0, top))
     return {"edges": edges.round(6).tolist(), "counts": counts.tolist()}
@@ -73,9 +79,9 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
         "clean_accuracy": sound.clean_accuracy,
         "sound": {"body_lipschitz": model.body.lipschitz_bound() * factor,
                   "safety_factor": factor, "margin_allowance": allowance,
-                  "vra": {f"{e:g}": sound.vra(e) for e in eps_values}},
+                  "vra": {eps_key(e): sound.vra(e) for e in eps_values}},
         "estimate": {"body_lipschitz": float(model.body.lipschitz_estimate().detach()),
-                     "vra": {f"{e:g}": estimate.vra(e) for e in eps_values}},
+                     "vra": {eps_key(e): estimate.vra(e) for e in eps_values}},
         "layers": layers,
         "radius_histogram": radius_histogram(sound),
         "images_per_second": len(test_set.labels) / seconds,

@@ -51,6 +51,14 @@ def evaluate(model: GloroNet, data: Dataset, mode: BoundMode = BoundMode.SOUND, 
     return Evaluation(data.labels, np.concatenate(predicted), np.concatenate(radius))
 
 
+# Fewer test images than this cannot tell a constant classifier from a good one (one image is
+# always "at the largest class share").
+MIN_JUDGED_IMAGES = 100
+
+
 def is_collapsed(evaluation: Evaluation, margin: float = 0.02) -> bool:
-    """A constant-ish classifier: clean accuracy at or below the largest class share (plus a margin)."""
+    """A constant-ish classifier: clean accuracy at or below the largest class share (plus a margin);
+    never on fewer than MIN_JUDGED_IMAGES test images."""
+    if len(evaluation.labels) < MIN_JUDGED_IMAGES:
+        return False
     return evaluation.clean_accuracy <= evaluation.majority_share() + margin

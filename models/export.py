@@ -30,7 +30,7 @@ from torch import nn
 
 from models import checkpoint, data
 from models.checkpoint import TrainConfig
-from models.evaluate import Evaluation, is_collapsed
+from models.evaluate import MIN_JUDGED_IMAGES, Evaluation, is_collapsed
 from models.gloro import SAFETY_FACTOR, BoundMode, GloroNet, RadiusHead
 from models.layers import BoundedSequential, require_bounded
 from models.numerics import exact_float32
@@ -206,6 +206,9 @@ def export_model(model: GloroNet, config: TrainConfig, out: Path, epochs: int, e
     certified = CertifiedModel.from_gloro(model, safety_factor)
     eps = config.eps if eps is None else eps
     test_set = data.load(config.dataset, data_dir or config.data_dir, train=False).subset(test_subset)
+    if len(test_set.labels) < MIN_JUDGED_IMAGES:  # the manifest's metrics, and the collapse check, need them
+        raise ExportError(f"the export measures the model on {len(test_set.labels)} test images; it needs at "
+                          f"least {MIN_JUDGED_IMAGES} (--test-subset)")
 
     made_parent = not out.parent.exists()  # a failed export takes it away again: a NAME folder
     out.parent.mkdir(parents=True, exist_ok=True)  # with no version would stop a server starting

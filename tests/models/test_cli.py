@@ -165,3 +165,29 @@ def test_paths_that_cannot_be_written_are_one_line_errors(trained_run, tmp_path)
                           "Not a directory")
     assert_one_line_error(run_cli("certify", str(trained_run / "checkpoint"), "--test-subset", "10",
                                   "--out", str(tmp_path)), "Is a directory")
+
+
+def test_export_needs_enough_test_images_to_judge_the_model(trained_run, tmp_path):
+    """On one image any classifier is 'at the largest class share': the export refused it as collapsed."""
+    out = tmp_path / "repo" / "m" / "1"
+    assert_one_line_error(run_cli("export", str(trained_run / "checkpoint"), "--out", str(out), "--test-subset", "1"),
+                          "on 1 test images; it needs at least 100")
+    assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_certify_keeps_eps_values_apart_that_six_digits_would_merge(trained_run):
+    result = run_cli("certify", str(trained_run / "checkpoint"), "--eps", "0.3", "0.3000001", "--test-subset", "100")
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)["sound"]["vra"]) == {"0.3", "0.3000001"}
+
+
+def test_the_radius_histogram_leaves_out_radii_that_are_not_finite():
+    """Two equal head rows give K = 0 for their pair: a radius of inf (a constant margin) or NaN (a tie)."""
+    import numpy as np
+
+    from models.certify import radius_histogram
+    from models.evaluate import Evaluation
+
+    evaluation = Evaluation(np.zeros(4, np.int64), np.zeros(4, np.int64), np.array([0.5, 1.0, np.inf, np.nan]))
+    histogram = radius_histogram(evaluation, bins=2)
+    assert histogram == {"edges": [0.0, 0.5, 1.0], "counts": [0, 2]}
