@@ -117,7 +117,6 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     if not resume and (last / "state.json").exists():
         raise checkpoint.CheckpointError(f"{out} already holds a run ({last}); continue it with --resume, "
                                          "or train into another --out")
-    out.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     start_epoch = 0
     state: dict = {}
@@ -131,6 +130,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
     else:
         torch.manual_seed(config.seed)
         model = _starting_model(config, runtime)
+    out.mkdir(parents=True, exist_ok=True)  # once the run can start: a refused one leaves no folder
     layout = training_layout(runtime.device)
     model.to(runtime.device, memory_format=layout)
     set_power_steps(model, config.power_steps)

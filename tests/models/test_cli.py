@@ -49,6 +49,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 ])
 def test_train_rejects_bad_arguments(tmp_path, args, fragments):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "run")), *fragments)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
 
 
 def test_train_names_a_missing_or_corrupt_data_file(tmp_path, mnist_dir):
