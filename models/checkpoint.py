@@ -183,6 +183,11 @@ def _network(config: TrainConfig, tensors: dict[str, torch.Tensor], where: Path,
     return fill(TrainConfig.build_model, config, tensors, where, fresh)
 
 
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """The names of the module's floating-point tensors holding a NaN or an infinity."""
+    return [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def fill(build: Callable[[TrainConfig], ModuleT], config: TrainConfig, tensors: dict[str, torch.Tensor],
          where: Path, fresh: tuple[str, ...] = ()) -> ModuleT:
     """``build(config)`` holding exactly ``tensors`` (bar the ``fresh`` entries), or a CheckpointError."""
@@ -197,7 +202,7 @@ def fill(build: Callable[[TrainConfig], ModuleT], config: TrainConfig, tensors: 
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{where} does not fit architecture {config.architecture!r} "
                               f"({config.activation}): {first}") from None
-    broken = [name for name, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    broken = non_finite_tensors(module)
     if broken:  # a diverged run's weights: no bound, no certificate to compute from them
         raise CheckpointError(f"{where} holds weights that are not finite (NaN or inf) in {', '.join(broken[:3])}"
                               f"{' ...' if len(broken) > 3 else ''}")
@@ -217,26 +222,14 @@ class ExportedVersion:
     margin_allowance: float = 0.0  # what its head takes off each margin for float32 rounding (0 before it had one)
 
 
-def _margin_allowance(manifest: dict[str, Any], folder: Path) -> float:
-    """The float32 allowance a version's head takes off each margin (0 if its manifest, older than
-    the allowance, does not say)."""
-    bound = manifest.get("bound")
-    allowance = bound.get("margin_allowance", 0.0) if isinstance(bound, dict) else 0.0
-    if isinstance(allowance, bool) or not isinstance(allowance, (int, float)) or not 0 <= allowance < float("inf"):
-        raise CheckpointError(f"{folder}/gloro.json: bound.margin_allowance must be a number >= 0, got {allowance!r}")
-    return float(allowance)
-
-
-def _safety_factor(manifest: dict[str, Any], folder: Path) -> float | None:
-    """The factor a version's certificates were computed with (None if its manifest does not say);
-    a malformed one is an error, not a reason to certify under another factor."""
-    bound = manifest.get("bound", {})
-    factor = bound.get("safety_factor") if isinstance(bound, dict) else bound
-    if factor is None:
+def _bound_number(value: Any, folder: Path, key: str, low: float, what: str) -> float | None:
+    """A number of a version's manifest `bound` (None if it does not say); a malformed one is an
+    error, not a reason to certify under another value."""
+    if value is None:
         return None
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor < float("inf"):
-        raise CheckpointError(f"{folder}/gloro.json: bound.safety_factor must be a number of at least 1, got {factor!r}")
-    return float(factor)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < float("inf"):
+        raise CheckpointError(f"{folder}/gloro.json: bound.{key} must be {what}, got {value!r}")
+    return float(value)
 
 
 def read_exported(folder: Path) -> ExportedVersion:
@@ -256,9 +249,13 @@ def read_exported(folder: Path) -> ExportedVersion:
         raise CheckpointError(f"{folder}/gloro.json has no usable training provenance: {exc}") from None
     config = _config_from(raw, f"{folder}/gloro.json")
     known = command if isinstance(command, str) and command != "unknown" else None
-    factor = _safety_factor(manifest, folder)
+    bound = manifest.get("bound", {})
+    fields = bound if isinstance(bound, dict) else {"safety_factor": bound}
+    factor = _bound_number(fields.get("safety_factor"), folder, "safety_factor", 1.0, "a number of at least 1")
+    # what its head takes off each margin for float32 rounding; 0 in manifests older than it
+    allowance = _bound_number(fields.get("margin_allowance"), folder, "margin_allowance", 0.0, "a number >= 0") or 0.0
     return ExportedVersion(config, epochs, _load_tensors(folder / "model.safetensors"), known, factor, exports,
-                           _margin_allowance(manifest, folder))
+                           allowance)
 
 
 def _exported_network(folder: Path) -> tuple[GloroNet, ExportedVersion]:

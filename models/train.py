@@ -233,7 +233,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
 
 def non_finite_reason(model: nn.Module, loss: float) -> str | None:
     """Why a diverged epoch cannot even be evaluated (the sound bound's SVD refuses NaN), or None."""
-    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+    if not checkpoint.non_finite_tensors(model):
         return None
     return f"the weights are no longer finite (the training loss is {loss:.4g})"
 

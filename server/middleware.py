@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.budget import Hold, InFlightBytes
 from server.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType, error_response
+from server.headers import scope_header
 from server.metrics import Metrics
 
 # Only the APIs need the key; probes, metrics, docs and the demo page stay open.
@@ -106,12 +107,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await self._refuse(int(value))(scope, receive, send)
-                    return
-                break
+        declared = scope_header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(int(declared))(scope, receive, send)
+            return
         hold = scope["gloro.hold"] = Hold(self.budget)
         body = 0
 
@@ -157,12 +156,8 @@ class ContentDecoding:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        coding = None
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-encoding":
-                    coding = value.decode("latin-1").strip().lower()
-                    break
+        value = scope_header(scope, b"content-encoding") if scope["type"] == "http" else None
+        coding = None if value is None else value.decode("latin-1").strip().lower()
         if coding is None or coding == "identity":
             await self.app(scope, receive, send)
             return

@@ -14,6 +14,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import handle_error
+from server.headers import scope_header
 from server.wire_v1 import ErrorBody
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -66,15 +67,9 @@ class Route:
 
 
 def header(request: Request, name: str) -> str | None:
-    """The first value of a request header (`name` in lower case) read from the ASGI scope, where
-    the server puts names in lower case: what `request.headers.get(name)` returns, without the
-    Headers object Starlette builds first (about 3 us of event-loop CPU a predict request,
-    docs/benchmarks.md item 17)."""
-    key = name.encode("latin-1")
-    for found, value in request.scope["headers"]:
-        if found == key:
-            return value.decode("latin-1")
-    return None
+    """What `request.headers.get(name)` returns (`name` in lower case), read from the scope."""
+    value = scope_header(request.scope, name.encode("latin-1"))
+    return None if value is None else value.decode("latin-1")
 
 
 async def read_body(request: Request) -> bytes:

@@ -141,10 +141,11 @@ def _tensor(prediction: Prediction, name: str) -> np.ndarray:
     return getattr(prediction.output, name)
 
 
-def encode_response(request: InferRequest, prediction: Prediction) -> Response:
+def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], prediction: Prediction) -> Response:
+    """The answer holding the `wanted` outputs (`_requested_outputs`), each in JSON or binary."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, binary in _requested_outputs(request):
+    for name, binary in wanted:
         datatype, dtype = OUTPUTS[name]
         array = _tensor(prediction, name)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
@@ -218,9 +219,9 @@ class OpenInferenceAPI:
         infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
         _check_model(infer_request, service)
         inputs = _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
-        _requested_outputs(infer_request)  # refuse unknown outputs before running the model
+        wanted = _requested_outputs(infer_request)  # bad asks refused before the model runs
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)
-        return encode_response(infer_request, await service.predict(inputs, epsilon))
+        return encode_response(infer_request, wanted, await service.predict(inputs, epsilon))
 
     def routes(self) -> list[Route]:
         infer = {"response_model": InferResponse, "openapi_extra": {**INFER_BODY, "parameters": [NAME]}}
