@@ -167,7 +167,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install(app, ImageAPI(models).routes(), "image API")
-    install(app, OpenInferenceAPI(models).routes(), "Open Inference Protocol v2")
+    install(app, OpenInferenceAPI(models, metrics).routes(), "Open Inference Protocol v2")
     install(app, HealthAPI(models, metrics).routes(), "health")
     if (STATIC / "index.html").is_file():
         # The page at / only, its files under /static: a catch-all mount at / would answer

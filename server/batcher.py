@@ -408,7 +408,10 @@ class Batcher:
         metrics = self.metrics
         if metrics is None:
             return
-        metrics.inference.observe(self._clock() - started)
+        seconds = self._clock() - started
+        metrics.inference.observe(seconds)
+        metrics.request_compute.inc(max(0.0, seconds) * len(batch))
+        metrics.last_inference.set(time.time())
         metrics.batch_size.observe(size)
         observe_many(metrics.queue_wait, [started - s.request.enqueued_at for s in batch if s.start == 0])
         if output is not None:

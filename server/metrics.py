@@ -125,6 +125,8 @@ class ModelMetrics:
     certified: Counter
     abstained: Counter
     queue_depth: Gauge
+    request_compute: Counter
+    last_inference: Gauge
     tally: LoopTally = field(default_factory=LoopTally)
 
     def record_predictions(self, certified: int, total: int) -> None:
@@ -165,7 +167,22 @@ class Metrics:
             "gloro_certified_radius", "certified l2 radius of each prediction", ["model"],
             buckets=RADIUS_BUCKETS, registry=registry,
         )
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # With gloro_requests_total and the duration histogram, what the Open Inference Protocol's
+        # statistics extension reports (server/model_stats.py): the histogram's sum mixes answers
+        # of every status, and Triton's "success" duration counts only the 200s.
+        self.successful_request_seconds = Counter(
+            "gloro_successful_request_seconds", "time from request to response, summed over the "
+            "inference requests answered 200", ["model"], registry=registry,
+        )
+        self.request_compute = Counter(
+            "gloro_request_compute_seconds", "forward-pass time summed over the requests each batch "
+            "answered (a batch of 8 requests that ran 2 ms adds 16 ms)", ["model"], registry=registry,
+        )
+        self.last_inference = Gauge(
+            "gloro_last_inference_timestamp_seconds", "Unix time the model's last batch finished",
+            ["model"], registry=registry, multiprocess_mode="max",
+        )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
         self.tally = LoopTally()
         # Set by the batcher whenever its number changes (Batcher._show_depth; a gauge read by a
         # function at scrape time would see only the worker that answers the scrape); with
@@ -175,14 +192,18 @@ class Metrics:
             registry=registry, multiprocess_mode="livesum",
         )
 
-    def exposition(self) -> bytes:
-        """The text /metrics answers: this process's series, or with --workers every worker's."""
+    def current(self) -> CollectorRegistry:
+        """The series as they stand: this process's, or with --workers every worker's added up."""
         self.tally.flush()
         if not multiprocess_mode():
-            return generate_latest(self.registry)
+            return self.registry
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
-        return generate_latest(merged)
+        return merged
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers."""
+        return generate_latest(self.current())
 
     def close(self) -> None:
         """At a worker's exit: its queue depth leaves the sum (its counters stay in the totals)."""
@@ -199,6 +220,8 @@ class Metrics:
             certified=self.predictions.labels(model, "certified"),
             abstained=self.predictions.labels(model, "abstained"),
             queue_depth=self.queue_depth.labels(model),
+            request_compute=self.request_compute.labels(model),
+            last_inference=self.last_inference.labels(model),
             tally=self.tally,
         )
 
@@ -206,7 +229,11 @@ class Metrics:
         key = (model, route, status)
         children = self._request_children.get(key)
         if children is None:  # label values are bounded, so this cache is too
-            children = (self.requests.labels(model, route, str(status)), self.request_duration.labels(model, route))
+            succeeded = self.successful_request_seconds.labels(model) if model and status == 200 else None
+            children = (self.requests.labels(model, route, str(status)), self.request_duration.labels(model, route),
+                        succeeded)
             self._request_children[key] = children
         self.tally.inc(children[0])
         self.tally.observe(children[1], seconds)
+        if children[2] is not None:
+            self.tally.inc(children[2], seconds)

@@ -98,3 +98,41 @@ class InferResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[ResponseOutput]
+
+
+class StatDuration(BaseModel):
+    """`$statistic_duration`: how many, and their time summed in nanoseconds."""
+
+    count: int
+    ns: int
+
+
+class InferStatistics(BaseModel):
+    """`$inference_statistics`."""
+
+    success: StatDuration
+    fail: StatDuration
+    queue: StatDuration
+    compute_input: StatDuration
+    compute_infer: StatDuration
+    compute_output: StatDuration
+    cache_hit: StatDuration
+    cache_miss: StatDuration
+
+
+class ModelStatistics(BaseModel):
+    """`$model_stat` (statistics extension)."""
+
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferStatistics
+    batch_stats: list[dict[str, Any]]
+
+
+class StatisticsResponse(BaseModel):
+    """GET /v2/models[/{name}[/versions/{v}]]/stats: `$stats_model_response`."""
+
+    model_stats: list[ModelStatistics]

@@ -65,6 +65,11 @@ class Backend(abc.ABC):
     def _forward(self, batch: np.ndarray) -> BatchOutput:
         """Run the model on float32 [N, C, H, W] in [0, 1]."""
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether batches run on a GPU (Triton's instance kind); known once loaded."""
+        return False
+
     def run(self, batch: np.ndarray) -> BatchOutput:
         return self._forward(batch).checked(len(batch), len(self.spec.classes))
 

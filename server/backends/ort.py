@@ -45,6 +45,10 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self._session: ort.InferenceSession | None = None
 
+    @property
+    def on_gpu(self) -> bool:
+        return self._session is not None and self._session.get_providers()[0] == CUDA
+
     def load(self) -> None:
         try:
             session = ort.InferenceSession(

@@ -37,6 +37,11 @@ class TorchBackend(Backend):
         self.threads = threads
         self.cuda_wait = cuda_wait
         self._predictor = None
+        self._resolved_device = ""
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._resolved_device == "cuda"
 
     def load(self) -> None:
         try:
@@ -57,6 +62,7 @@ class TorchBackend(Backend):
             self._predictor = TorchPredictor(self.spec.directory, device, self.cuda_wait)
         except CheckpointError as exc:
             raise BackendError(f"torch backend cannot load {self.spec.name}: {exc}") from None
+        self._resolved_device = device
         failed = self._predictor.capture(self.spec.manifest.input.shape)  # CUDA graphs; nothing on the CPU
         if failed:
             log.warning("%s: CUDA graphs not captured, every batch runs eagerly (%s)", self.spec.name, failed)

@@ -16,6 +16,9 @@ from server import package_version
 from server.budget import Hold
 from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
+from server.metrics import Metrics
+from server.model_config import model_config
+from server.model_stats import model_statistics
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -26,6 +29,7 @@ from server.wire_v2 import (
     ModelMetadataResponse,
     RequestInput,
     ServerMetadataResponse,
+    StatisticsResponse,
 )
 
 INPUT = "input"
@@ -174,14 +178,20 @@ def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], predi
     )
 
 
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+def _platform(service: ModelService) -> str:
+    return "gloro_" + type(service.backend).__name__
+
+
 class OpenInferenceAPI:
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, metrics: Metrics) -> None:
         self.models = models
+        self.metrics = metrics
 
     async def server_metadata(self) -> Response:
-        return FastJSONResponse(
-            {"name": "gloro-serve", "version": package_version(), "extensions": ["binary_tensor_data"]}
-        )
+        return FastJSONResponse({"name": "gloro-serve", "version": package_version(), "extensions": EXTENSIONS})
 
     def _metadata(self, service: ModelService) -> Response:
         spec = service.spec
@@ -190,7 +200,7 @@ class OpenInferenceAPI:
         return FastJSONResponse({
             "name": spec.name,
             "versions": [spec.version],
-            "platform": "gloro_" + type(service.backend).__name__,
+            "platform": _platform(service),
             "inputs": [{"name": INPUT, "datatype": DATATYPE_FP32, "shape": [-1, *spec.input_shape]}],
             "outputs": [
                 {"name": name, "datatype": datatype, "shape": shapes[name]}
@@ -204,6 +214,29 @@ class OpenInferenceAPI:
 
     async def version_metadata(self, name: str, version: str) -> Response:
         return self._metadata(self.models.version(name, version))
+
+    def _config(self, service: ModelService) -> Response:
+        datatypes = {name: datatype for name, (datatype, _) in OUTPUTS.items()}
+        return FastJSONResponse(model_config(service, datatypes, INPUT, _platform(service)))
+
+    async def model_config(self, name: str) -> Response:
+        return self._config(self.models.get(name))
+
+    async def version_config(self, name: str, version: str) -> Response:
+        return self._config(self.models.version(name, version))
+
+    def _statistics(self, services: list[ModelService]) -> Response:
+        pairs = [(s.spec.name, s.spec.version) for s in services]
+        return FastJSONResponse(model_statistics(self.metrics.current(), pairs))
+
+    async def all_statistics(self) -> Response:
+        return self._statistics(list(self.models.services.values()))
+
+    async def model_statistics(self, name: str) -> Response:
+        return self._statistics([self.models.get(name)])
+
+    async def version_statistics(self, name: str, version: str) -> Response:
+        return self._statistics([self.models.version(name, version)])
 
     async def infer(self, request: Request) -> Response:
         return await self._infer(request, self.models.get(request.path_params["name"]))
@@ -227,8 +260,18 @@ class OpenInferenceAPI:
         infer = {"response_model": InferResponse, "openapi_extra": {**INFER_BODY, "parameters": [NAME]}}
         version_infer = {"response_model": InferResponse, "openapi_extra": {**INFER_BODY, "parameters": [NAME, VERSION]}}
         meta = {"response_model": ModelMetadataResponse}
+        stats = {"response_model": StatisticsResponse}
+        config = {"response_model": dict[str, Any]}
         return [
             Route("GET", "/v2", self.server_metadata, "Server metadata", {"response_model": ServerMetadataResponse}),
+            # before /v2/models/{name}, which would take "stats" for a model's name
+            Route("GET", "/v2/models/stats", self.all_statistics, "Statistics of every model", stats),
+            Route("GET", "/v2/models/{name}/stats", self.model_statistics, "Model statistics", stats),
+            Route("GET", "/v2/models/{name}/versions/{version}/stats", self.version_statistics,
+                  "Model version statistics", stats),
+            Route("GET", "/v2/models/{name}/config", self.model_config, "Model configuration (Triton's)", config),
+            Route("GET", "/v2/models/{name}/versions/{version}/config", self.version_config,
+                  "Model version configuration (Triton's)", config),
             Route("GET", "/v2/models/{name}", self.model_metadata, "Model metadata", meta),
             Route("GET", "/v2/models/{name}/versions/{version}", self.version_metadata, "Model version metadata", meta),
             Route("POST", "/v2/models/{name}/infer", self.infer, "Inference", infer, direct=True),

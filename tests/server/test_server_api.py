@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def test_v2_json_and_selected_outputs(client, mnist_test) -> None:
 
 
 def test_v2_metadata_and_health(client) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
@@ -163,6 +164,66 @@ def test_v2_metadata_and_health(client) -> None:
     assert client.get("/v2/health/live").json()["live"] is True
     assert client.get("/v2/health/ready").json()["ready"] is True
     assert client.get("/v2/models/tiny/ready").json()["ready"] is True
+
+
+def test_v2_model_config_is_tritons_with_the_servers_batching(tiny_repo: Path) -> None:
+    settings = make_settings(tiny_repo, max_batch_size=8, max_delay_ms=3.0, max_queue=40, instances=2)
+    with TestClient(create_app(settings, registry=CollectorRegistry())) as client:
+        config = client.get("/v2/models/tiny/config").json()
+        assert client.get("/v2/models/tiny/versions/2/config").json() == config
+        rgb = client.get("/v2/models/tiny-rgb/config").json()
+        missing = [client.get(path) for path in ("/v2/models/nope/config", "/v2/models/tiny/versions/1/config")]
+    assert config["name"] == "tiny" and config["max_batch_size"] == 8
+    assert config["platform"] == "gloro_OnnxRuntimeBackend" and config["version_policy"] == {"specific": {"versions": [2]}}
+    # with max_batch_size > 0 the dims leave out the batch axis, and a number an image is [1] reshaped to []
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [1, 28, 28]}]
+    assert rgb["input"][0]["dims"] == [3, 8, 8]
+    outputs = {o["name"]: o for o in config["output"]}
+    assert outputs["label"] == {"name": "label", "data_type": "TYPE_INT64", "dims": [1], "reshape": {"shape": []}}
+    assert outputs["certified"]["data_type"] == "TYPE_BOOL" and outputs["radius"]["data_type"] == "TYPE_FP32"
+    assert outputs["logits"] == {"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}
+    batching = config["dynamic_batching"]
+    assert batching["max_queue_delay_microseconds"] == 3000
+    assert batching["default_queue_policy"]["max_queue_size"] == 40
+    assert config["instance_group"] == [{"name": "tiny_0", "kind": "KIND_CPU", "count": 2}]
+    assert float(config["parameters"]["epsilon"]["string_value"]) == 0.3
+    assert json.loads(config["parameters"]["classes"]["string_value"]) == [str(i) for i in range(10)]
+    assert [r.status_code for r in missing] == [404, 404]
+
+
+def test_v2_statistics_count_requests_images_batches_and_failures(client, mnist_test) -> None:
+    def stats(path: str = "/v2/models/tiny/stats") -> dict:
+        r = client.get(path)
+        assert r.status_code == 200, r.text
+        return r.json()["model_stats"]
+
+    (before,) = stats()
+    assert before["name"] == "tiny" and before["version"] == "2" and before["inference_count"] == 0
+    assert before["last_inference"] == 0 and before["batch_stats"] == []
+    images = mnist_test[0]
+    body, headers = v2_binary(images[:5])
+    assert client.post("/v2/models/tiny/infer", content=body, headers=headers).status_code == 200
+    png = {"Content-Type": "image/png"}
+    assert client.post("/v1/predict", content=png_bytes(images[5]), headers=png).status_code == 200
+    assert client.post("/v1/predict", content=b"not a png", headers=png).status_code == 422
+    (after,) = stats()
+    assert after == stats("/v2/models/tiny/versions/2/stats")[0]
+    inference = after["inference_stats"]
+    assert after["inference_count"] == 6  # images
+    assert 1 <= after["execution_count"] <= 2  # forward passes
+    assert inference["success"]["count"] == 2 and inference["success"]["ns"] > 0
+    assert inference["fail"]["count"] == 1 and inference["fail"]["ns"] > 0
+    # the two that reached the model, each with its queue wait and its batch's forward pass
+    assert inference["queue"]["count"] == inference["compute_infer"]["count"] == 2
+    assert inference["compute_input"]["count"] == inference["compute_output"]["count"] == 2
+    assert 0 < inference["compute_infer"]["ns"] < inference["success"]["ns"]
+    assert inference["cache_hit"] == inference["cache_miss"] == {"count": 0, "ns": 0}
+    assert time.time() - 60 < after["last_inference"] / 1000 <= time.time()
+    everything = {s["name"]: s for s in stats("/v2/models/stats")}
+    assert set(everything) == {"tiny", "tiny-rgb"} and everything["tiny"] == after
+    assert everything["tiny-rgb"]["inference_count"] == 0
+    assert client.get("/v2/models/nope/stats").status_code == 404
+    assert client.get("/v2/models/tiny/versions/1/stats").status_code == 404
 
 
 def v2_json(images: np.ndarray, **fields) -> dict:

@@ -35,8 +35,9 @@ def test_torch_on_cuda_certifies_as_onnxruntime_does(name: str, mnist_test) -> N
     """Same labels, radii within float32 rounding: the safety factor assumes IEEE float32 arithmetic, not TF32."""
     pixels = mnist_test[0]
     gpu = backend_factory("torch", "cuda", 0)(load_repository(SHIPPED)[name])
+    assert not gpu.on_gpu  # known once loaded
     gpu.load()
-    assert gpu._predictor.device.type == "cuda"
+    assert gpu._predictor.device.type == "cuda" and gpu.on_gpu
     on_gpu, on_cpu = gpu.run((pixels.astype(np.float32) / 255)[:, None]), answers_on_the_cpu(name, pixels)
     assert on_gpu.label.tolist() == on_cpu.label.tolist()
     assert np.allclose(on_gpu.radius, on_cpu.radius, rtol=1e-4, atol=1e-5)
@@ -49,7 +50,9 @@ def test_a_server_on_cuda_answers_real_pngs_as_the_cpu_does(mnist_test) -> None:
     with ServerProcess(args, argv=[sys.executable, "-m", "server", "serve"]) as process:
         files = [("files", (f"{i}.png", png_bytes(im), "image/png")) for i, im in enumerate(images[:100])]
         response = httpx.post(process.url + "/v1/predict", files=files, timeout=60)
+        config = httpx.get(process.url + "/v2/models/mnist-4c3f/config").json()
     assert response.status_code == 200, response.text
+    assert config["instance_group"][0]["kind"] == "KIND_GPU"  # Triton's tools read where it runs
     predictions = response.json()["predictions"]
     expected = answers_on_the_cpu("mnist-4c3f", images[:100])
     assert [p["label"] for p in predictions] == expected.label.tolist()
