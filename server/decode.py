@@ -226,6 +226,17 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidInput(f"instance {index}: b64 is not valid base64") from None
 
 
+def numbers_array(data: Any) -> np.ndarray | None:
+    """`data` (JSON parsed: nested lists) as an array of numbers, or None if it is not rectangular
+    or holds anything else. The dtype is inferred, then checked: asked for float32 at once, numpy
+    would also take the strings "0.5" and the booleans true and false as pixels."""
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return array if array.dtype.kind in "iuf" else None
+
+
 def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
     """Nested lists of pixels in [0, 1], each [C, H, W] (or [H, W] for grey models).
 
@@ -235,12 +246,9 @@ def decode_pixel_lists(instances: Sequence[Any], spec: InputSpec) -> np.ndarray:
     c, h, w = spec.shape
     out = _new_batch(len(instances), spec)
     for i, instance in enumerate(instances):
-        try:
-            array = np.asarray(instance, dtype=np.float32)
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidInput(
-                f"instance {i}: not a rectangular array of numbers of shape [{c}, {h}, {w}]"
-            ) from None
+        array = numbers_array(instance)
+        if array is None:
+            raise InvalidInput(f"instance {i}: not a rectangular array of numbers of shape [{c}, {h}, {w}]")
         if array.shape == (h, w) and c == 1:
             array = array[None]
         if array.shape != (c, h, w):
@@ -277,10 +285,10 @@ def tensor_from_bytes(buffer: memoryview, shape: Sequence[int], spec: InputSpec)
 def tensor_from_list(data: Any, shape: Sequence[int], spec: InputSpec) -> np.ndarray:
     """A JSON v2 tensor: `data` flat (row-major) or nested, with shape [N, C, H, W]."""
     n = check_tensor_shape(shape, spec)
-    try:
-        array = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError, OverflowError):
-        raise BadRequest("input data must be a flat or nested list of numbers") from None
+    array = numbers_array(data)
+    if array is None:
+        raise BadRequest("input data must be a flat or nested list of numbers")
+    array = array.astype(np.float32, copy=False)
     if array.size != n * math.prod(spec.shape):
         raise BadRequest(f"input data holds {array.size} values; shape {list(shape)} needs {n * math.prod(spec.shape)}")
     return check_pixels(array.reshape(n, *spec.shape))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 BINARY_HEADER = "inference-header-content-length"
 
@@ -49,7 +49,7 @@ class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    shape: list[int] = Field(max_length=16)
+    shape: list[StrictInt] = Field(max_length=16)  # 28, not "28" or 28.0
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = None
