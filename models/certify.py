@@ -33,6 +33,12 @@ def certified_accuracy_curve(evaluation: Evaluation, max_eps: float, points: int
     return grid, np.array([evaluation.vra(e) for e in grid])
 
 
+def plot_extent(eps_values: list[float]) -> float:
+    """How far the eps axis runs: 2.5 x the largest eps asked, kept finite (--eps 1e308 made it
+    inf, which matplotlib refuses) and above 0 (--eps 0 alone would give an empty axis)."""
+    return min(2.5 * max(eps_values), 1e300) or 1.0
+
+
 def plot_curve(curves: dict[str, Evaluation], max_eps: float, path: Path, title: str, marks: list[float]) -> None:
     import matplotlib
 
@@ -88,7 +94,7 @@ def certify_checkpoint(folder: Path, eps_values: list[float] | None, data_dir: s
     }
     if plot is not None:
         plot_curve({"sound bound": sound, "power-iteration estimate (unsound)": estimate},
-                   max_eps=2.5 * max(eps_values), path=Path(plot),
+                   max_eps=plot_extent(eps_values), path=Path(plot),
                    title=f"{config.architecture} on {config.dataset} ({epochs} epochs)", marks=eps_values)
         report["plot"] = str(plot)
     return report

@@ -115,6 +115,25 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(parser=p)  # for given_options
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The dests of the options written out in `argv` (argparse fills in defaults, so its namespace
+    cannot tell `--lr 0.001` from no --lr); a unique prefix counts, as argparse takes it."""
+    options = parser._option_string_actions
+    dests = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = {id(a): a for s, a in options.items() if s == name} or \
+            {id(a): a for s, a in options.items() if s.startswith(name)}
+        if len(matches) == 1:
+            dests.add(next(iter(matches.values())).dest)
+    return frozenset(dests)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -124,8 +143,10 @@ def _run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
     if args.train_eps is None:
         config.train_eps = round(1.5 * config.eps, 6)
+    given = given_options(args.parser, args.argv) & known
     record = train(config, args.out, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, threads=args.threads, stop_after=args.stop_after)
+                   progress=not args.no_progress, threads=args.threads, stop_after=args.stop_after,
+                   given=given)
     print(json.dumps(record))
     return 0
 
@@ -197,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = " ".join(["gloro-serve", *argv[:1]]) if argv[:1] and argv[0] in COMMANDS else "gloro-serve"
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv[1:]
         return COMMANDS[args.command][1](args)
     except (UsageError, DataError, CheckpointError, ValueError, OSError) as exc:  # OSError: a path it cannot write
         print(f"{prog}: error: {exc}", file=sys.stderr)

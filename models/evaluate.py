@@ -28,7 +28,8 @@ class Evaluation:
 
     def vra(self, eps: float) -> float:
         """Share of points both correct and certified at ``eps``."""
-        return float((self.correct & (self.radius > eps)).mean())
+        # float64: a Python float beside float32 radii is cast to float32, and 1e300 overflows (a warning)
+        return float((self.correct & (self.radius > np.float64(eps))).mean())
 
     def majority_share(self) -> float:
         return float(np.bincount(self.labels).max() / len(self.labels))

@@ -87,43 +87,47 @@ def training_layout(device: torch.device) -> torch.memory_format:
 
 
 def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
-          progress: bool = True, threads: int | None = None, stop_after: int | None = None) -> dict:
+          progress: bool = True, threads: int | None = None, stop_after: int | None = None,
+          given: frozenset[str] | None = None) -> dict:
     """Train (or resume) into ``out``; returns the last epoch's log record.
 
     ``stop_after`` ends this invocation after that many epochs, keeping the schedules of the full
     ``config.epochs`` run, so long trainings can be sliced across sessions with ``resume``.
+    A resumed run keeps its saved settings but ``config.epochs`` (and ``data_dir`` when given);
+    ``given`` names the fields the caller set on purpose (the CLI's flags), each of which must
+    agree with the saved run. Without it, only the network (architecture, activation, data set,
+    LLN) is checked.
     """
     with flushed_denormals():  # first: torch's worker threads inherit it when they start
         if threads:
             torch.set_num_threads(threads)
         runtime = start_runtime(device)
         try:
-            return _train(config, Path(out), resume, runtime, progress, stop_after)
+            return _train(config, Path(out), resume, runtime, progress, stop_after, given)
         finally:
             if runtime.world_size > 1:
                 dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progress: bool,
-           stop_after: int | None) -> dict:
-    train_set = data.load(config.dataset, config.data_dir, train=True).subset(config.train_subset)
-    test_set = data.load(config.dataset, config.data_dir, train=False).subset(config.test_subset)
-    config.input_shape = list(train_set.input_shape)
-    config.classes = train_set.classes
-    config.color_mode = train_set.color_mode
+           stop_after: int | None, given: frozenset[str] | None) -> dict:
     last = out / "checkpoint"
     if resume and not (last / "state.json").exists():
         raise checkpoint.CheckpointError(f"--resume: {last} holds no checkpoint to continue from")
     if not resume and (last / "state.json").exists():
         raise checkpoint.CheckpointError(f"{out} already holds a run ({last}); continue it with --resume, "
                                          "or train into another --out")
+    if resume:  # before the data are read: the saved run's subsets, not the defaults
+        config = _resumed_config(checkpoint.load_config(last), config, given)
+    train_set = data.load(config.dataset, config.data_dir, train=True).subset(config.train_subset)
+    test_set = data.load(config.dataset, config.data_dir, train=False).subset(config.test_subset)
+    config.input_shape = list(train_set.input_shape)
+    config.classes = train_set.classes
+    config.color_mode = train_set.color_mode
     history: list[dict] = []
     start_epoch = 0
     state: dict = {}
     if resume:
-        saved = checkpoint.load_config(last)
-        _check_resume_matches(saved, config)
-        config = saved
         model, _, state = checkpoint.load_model(last, config, weights="trained" if config.ema_decay else "model")
         history, start_epoch = state["history"], state["epoch"]
         _say(runtime, f"resuming from {last} at epoch {start_epoch}")
@@ -206,7 +210,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, runtime: Runtime, progr
             k_sound = product.body.lipschitz_bound()
             seen = totals["seen"]
             record = {
-                "epoch": epoch + 1, "seconds": round(seconds, 3), "train_eps": round(eps, 6),
+                "epoch": epoch + 1, "seconds": round(seconds, 3), "train_images": seen, "train_eps": round(eps, 6),
                 "lr": optimizer.param_groups[0]["lr"], "loss": totals["loss"] / seen,
                 "train_accuracy": totals["correct"] / seen, "train_vra_estimate": totals["vra"] / seen,
                 "test_accuracy": result.clean_accuracy, "test_vra": result.vra(config.eps),
@@ -274,9 +278,30 @@ def _check_same_network(saved: TrainConfig, asked: TrainConfig, action: str) -> 
                 f"but {key}={getattr(asked, key)!r} was asked for")
 
 
-def _check_resume_matches(saved: TrainConfig, asked: TrainConfig) -> None:
-    _check_same_network(saved, asked, "resume from")
+# What a resumed run may change: its length, and where the same data set is found now.
+RESUME_MAY_CHANGE = frozenset({"epochs", "data_dir"})
+
+
+def flag_of(field_name: str) -> str:
+    """The `gloro-serve train` flag that sets a TrainConfig field."""
+    return "--arch" if field_name == "architecture" else "--" + field_name.replace("_", "-")
+
+
+def _resumed_config(saved: TrainConfig, asked: TrainConfig, given: frozenset[str] | None) -> TrainConfig:
+    """The saved run's settings, longer if asked; a given setting that would change it is refused
+    (it was silently ignored: a resumed run kept its saved lr whatever --lr said)."""
+    if given is None:
+        _check_same_network(saved, asked, "resume from")
+    for key in sorted((given or frozenset()) - RESUME_MAY_CHANGE):
+        if hasattr(saved, key) and getattr(saved, key) != getattr(asked, key):
+            flag = flag_of(key)
+            raise checkpoint.CheckpointError(
+                f"cannot resume with {flag} {getattr(asked, key)!r}: the run was trained with "
+                f"{getattr(saved, key)!r}; drop {flag} to continue it as it was, or train a new run into another --out")
     saved.epochs = asked.epochs  # resuming may extend training
+    if given is not None and "data_dir" in given:
+        saved.data_dir = asked.data_dir
+    return saved
 
 
 def plain_epoch_seconds(config: TrainConfig, gloro: bool, steps: int, threads: int | None = None) -> float:

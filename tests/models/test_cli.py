@@ -82,6 +82,33 @@ def test_resume_with_another_architecture_is_refused(trained_run, tmp_path):
                           "cannot resume", "2c2f")
 
 
+def test_resume_refuses_a_flag_that_would_change_the_run(trained_run, tmp_path):
+    """It used to keep the saved settings and say nothing: --lr 0.01 trained on at the saved 0.003."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "checkpoint" / "state.json").read_bytes()
+    for flags, fragment in ((["--lr", "0.01"], "cannot resume with --lr 0.01: the run was trained with 0.003"),
+                            (["--train-sub", "100"], "cannot resume with --train-subset 100: the run was trained with 6000"),
+                            (["--lln"], "cannot resume with --lln True: the run was trained with False")):
+        assert_one_line_error(run_cli("train", "--resume", "--out", str(run), *flags), fragment, "drop")
+    assert (run / "checkpoint" / "state.json").read_bytes() == before
+
+
+def test_resume_extends_a_run_with_its_saved_settings(trained_run, tmp_path, mnist_dir):
+    """Flags that agree with the run are fine; --epochs extends it; the saved --train-subset holds
+    though not repeated (the data were read with the defaults before the saved settings were)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = run_cli("train", "--resume", "--out", str(run), "--epochs", "4", "--lr", "0.003", "--arch", "2c2f",
+                     "--data-dir", str(mnist_dir), "--no-progress", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert log[3]["train_images"] == log[0]["train_images"] == 6000 // 256 * 256
+    saved = json.loads((run / "checkpoint" / "state.json").read_text())["config"]
+    assert saved["epochs"] == 4 and saved["lr"] == 0.003 and saved["train_subset"] == 6000
+
+
 def test_certify_rejects_a_folder_that_is_not_a_checkpoint_and_bad_eps(tmp_path, trained_run):
     assert_one_line_error(run_cli("certify", str(tmp_path)), "missing state.json")
     assert_one_line_error(run_cli("certify", str(trained_run / "checkpoint"), "--eps", "-1"), "eps")
@@ -98,6 +125,20 @@ def test_certify_reports_sound_and_estimate_side_by_side_with_a_plot(tmp_path, t
     assert report["sound"]["vra"]["0.3"] <= report["estimate"]["vra"]["0.3"]
     assert all(layer["ratio"] >= 1 - 1e-6 for layer in report["layers"])
     assert sum(report["radius_histogram"]["counts"]) == round(report["clean_accuracy"] * report["n"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("eps", ["1e308", "0"])
+def test_certify_plots_at_the_edges_of_eps(tmp_path, trained_run, eps):
+    """2.5 x 1e308 overflowed the plot's axis ('Axis limits cannot be NaN or Inf'), and the VRA's
+    comparison in float32 warned of an overflow; eps 0 alone gave an empty axis."""
+    plot = tmp_path / "curve.png"
+    result = run_cli("certify", str(trained_run / "checkpoint"), "--eps", eps, "--test-subset", "100",
+                     "--plot", str(plot))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    report = json.loads(result.stdout)
+    vra = report["sound"]["vra"][eps.replace("1e308", "1e+308")]
+    assert vra == 0.0 if eps == "1e308" else 0.5 < vra <= report["clean_accuracy"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
