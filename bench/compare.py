@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 
 from bench import machine
 from bench.models import ROOT, ModelCase, prepare
-from bench.serving import (Running, Target, ceiling_backends, median_ratio, running, serve_command,
-                           side_by_side)
+from bench.serving import (CEILING_BATCHES, Running, Target, ceiling_backends, median_ratio, running,
+                           serve_command, side_by_side)
 
 PROG = "python -m bench.compare"
 
@@ -137,16 +137,17 @@ def summarise(per_round: list[dict[str, Any]], labels: list[str]) -> dict[str, d
 
 
 def compare(specs: list[ServerSpec], model: str, connections: int, duration_s: float, rounds: int,
-            batch_size: int, work: Path, client: str, backend: str = "onnxruntime",
+            batch_sizes: tuple[int, ...], work: Path, client: str, backend: str = "onnxruntime",
             device: str = "cpu") -> dict[str, Any]:
     case = prepare(model, work)
     models = ceiling_backends(case, backend, device)
     with ExitStack() as stack:
         servers = start_servers(stack, specs, case, work, "compare", backend, device)
-        per_round = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
-                                 batch_size, f"{case.key} compare")
+        per_round, tried = side_by_side(case, servers, models, connections, duration_s, rounds, work, client,
+                                        batch_sizes, f"{case.key} compare")
     labels = [s.label for s in specs]
-    return {"model": case.name, "backend": backend, "device": device, "connections": connections, "duration_s": duration_s, "ceiling_batch": batch_size,
+    return {"model": case.name, "backend": backend, "device": device, "connections": connections, "duration_s": duration_s,
+            "ceiling_batch": per_round[0]["e"]["batch"] if per_round else None, "ceiling_search": tried,
             "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in specs},
             "rounds": per_round, "summary": summarise(per_round, labels)}
 
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per server per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--ceiling-batch", type=int, default=32, help="batch size of the in-process ceiling")
+    p.add_argument("--ceiling-batch", type=int, nargs="+", default=list(CEILING_BATCHES),
+                   help="batch sizes the in-process ceiling tries; the fastest runs in every round (default: %(default)s)")
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
                    help="every server's backend, and the ceiling's")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(work: Path) -> dict[str, Any]:
         return compare(parse_specs(args.server), args.model, args.connections, args.duration, args.rounds,
-                       args.ceiling_batch, work, args.client, args.backend, args.device)
+                       tuple(args.ceiling_batch), work, args.client, args.backend, args.device)
 
     result = measured(PROG, argv, args.out, measure)
     if result is None:

@@ -130,6 +130,15 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+def _ceiling_batches(headline: dict[str, Any]) -> str:
+    """How the side-by-side ceiling chose its batch size (results before 2026-12-04 used 32 alone)."""
+    tried = sorted({r["batch"] for r in headline.get("ceiling_search", [])})
+    batch = headline["rounds"][0]["e"]["batch"]
+    if not tried:
+        return f"batches of {batch}"
+    return f"batches of {batch}, the fastest of {', '.join(map(str, tried))} in a first short run of each"
+
+
 def _f(value: float | None, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -201,8 +210,8 @@ def markdown(results: dict[str, Any], images: str) -> str:
                   f"Command: `{results['commands']['serving']}`", "",
                   f"All servers up at once (idle between turns); {len(h['rounds'])} rounds, each loading every "
                   f"server in turn for {h['duration_s']:g} s (order rotating) and measuring the in-process ceiling "
-                  "(batches of 32, the better of 1 and 2 threads) in the same round. Ratios are taken within a "
-                  "round; the median over rounds is what the targets use.", "",
+                  f"({_ceiling_batches(h)}, the better of 1 and 2 threads) in the same round. Ratios are taken "
+                  "within a round; the median over rounds is what the targets use.", "",
                   "| | " + " | ".join(f"({k}) {h['labels'][k]}" for k in [*servers, "e"]) + " |",
                   "| --- |" + " --- |" * (len(servers) + 1)]
         for i, rnd in enumerate(h["rounds"], 1):
