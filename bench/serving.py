@@ -260,7 +260,8 @@ CEILING_BATCHES = (4, 8, 16, 32)
 
 
 def ceiling_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
-    return tuple(b for b in CEILING_BATCHES if b <= max_batch_size) or (max_batch_size,)
+    """CEILING_BATCHES up to the server's largest batch, and that one."""
+    return tuple(sorted({b for b in CEILING_BATCHES if b < max_batch_size} | {max_batch_size}))
 
 
 def fastest_ceiling_batch(case: ModelCase, models: dict[int, Any], batch_sizes: tuple[int, ...],

@@ -298,7 +298,10 @@ def _resumed_config(saved: TrainConfig, asked: TrainConfig, given: frozenset[str
             raise checkpoint.CheckpointError(
                 f"cannot resume with {flag} {getattr(asked, key)!r}: the run was trained with "
                 f"{getattr(saved, key)!r}; drop {flag} to continue it as it was, or train a new run into another --out")
-    saved.epochs = asked.epochs  # resuming may extend training
+    # asked for on purpose (a Python caller always asks): resuming may extend training; the CLI's
+    # default of 100 must not replace a run's own --epochs
+    if given is None or "epochs" in given:
+        saved.epochs = asked.epochs
     if given is not None and "data_dir" in given:
         saved.data_dir = asked.data_dir
     return saved

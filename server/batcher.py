@@ -405,8 +405,10 @@ class Batcher:
         return outcomes
 
     def _record(self, batch: list[Slice], started: float, size: int, output: BatchOutput | None) -> None:
+        """A forward pass that answered: a failed one is counted only in its requests' 500s (as
+        Triton counts executions), so the batch series and the statistics extension read alike."""
         metrics = self.metrics
-        if metrics is None:
+        if metrics is None or output is None:
             return
         seconds = self._clock() - started
         metrics.inference.observe(seconds)
@@ -414,5 +416,4 @@ class Batcher:
         metrics.last_inference.set(time.time())
         metrics.batch_size.observe(size)
         observe_many(metrics.queue_wait, [started - s.request.enqueued_at for s in batch if s.start == 0])
-        if output is not None:
-            observe_many(metrics.radius, output.radius.tolist())
+        observe_many(metrics.radius, output.radius.tolist())

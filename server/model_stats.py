@@ -11,6 +11,8 @@ Per model, in Triton's terms (durations in ns, each summed over requests):
   around the backend call), so they count the same requests in 0 ns;
 - inference_count / execution_count: images run / forward passes (batches);
 - last_inference: ms since the Unix epoch when the model's last batch finished, 0 if none ran.
+A batch whose model raised adds nothing but its requests' failures, as in Triton; a request
+answered 504 while its batch still ran is a failure whose batch's work is counted all the same.
 There is no response cache (cache_hit and cache_miss read 0) and no per-batch-size breakdown
 (batch_stats is empty; gloro_batch_size on /metrics has the distribution).
 """

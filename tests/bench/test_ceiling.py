@@ -11,9 +11,10 @@ from bench import serving
 pytestmark = pytest.mark.unit
 
 
-def test_the_batch_sizes_tried_stop_at_the_servers_largest() -> None:
+def test_the_batch_sizes_tried_end_at_the_servers_largest() -> None:
     assert serving.ceiling_batch_sizes(32) == (4, 8, 16, 32)
-    assert serving.ceiling_batch_sizes(10) == (4, 8)
+    assert serving.ceiling_batch_sizes(10) == (4, 8, 10)
+    assert serving.ceiling_batch_sizes(64) == (4, 8, 16, 32, 64)
     assert serving.ceiling_batch_sizes(2) == (2,)
 
 

@@ -107,6 +107,11 @@ def test_resume_extends_a_run_with_its_saved_settings(trained_run, tmp_path, mni
     assert log[3]["train_images"] == log[0]["train_images"] == 6000 // 256 * 256
     saved = json.loads((run / "checkpoint" / "state.json").read_text())["config"]
     assert saved["epochs"] == 4 and saved["lr"] == 0.003 and saved["train_subset"] == 6000
+    # without --epochs the run keeps its own 4 (the flag's default of 100 once replaced it)
+    again = run_cli("train", "--resume", "--out", str(run), "--no-progress", "--threads", "1")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["config"]["epochs"] == 4
+    assert len((run / "log.jsonl").read_text().splitlines()) == 4
 
 
 def test_certify_rejects_a_folder_that_is_not_a_checkpoint_and_bad_eps(tmp_path, trained_run):

@@ -226,6 +226,28 @@ def test_v2_statistics_count_requests_images_batches_and_failures(client, mnist_
     assert client.get("/v2/models/tiny/versions/1/stats").status_code == 404
 
 
+def test_v2_statistics_leave_a_failed_batch_out_of_the_work_done(tiny_repo: Path) -> None:
+    """As Triton counts: a batch whose model raised fails its requests (500) and adds no queue,
+    compute, images or executions; the batch series on /metrics leave it out too."""
+    from server.backends.fake import FakeBackend
+
+    def backends(spec):
+        return FakeBackend(spec, fail_if=lambda batch: bool((batch == 1.0).any()))
+
+    settings = make_settings(tiny_repo, max_batch_size=1)
+    with TestClient(create_app(settings, backends=backends, registry=CollectorRegistry())) as client:
+        for pixel, status in ((1.0, 500), (0.0, 200), (1.0, 500)):
+            r = client.post("/v1/predict", json={"instances": [[[pixel] * 28] * 28]})
+            assert r.status_code == status, r.text
+        (stats,) = client.get("/v2/models/tiny/stats").json()["model_stats"]
+        metrics = client.get("/metrics").text
+    inference = stats["inference_stats"]
+    assert inference["success"]["count"] == 1 and inference["fail"]["count"] == 2
+    assert inference["queue"]["count"] == inference["compute_infer"]["count"] == 1
+    assert stats["inference_count"] == stats["execution_count"] == 1
+    assert 'gloro_batch_size_count{model="tiny"} 1.0' in metrics
+
+
 def v2_json(images: np.ndarray, **fields) -> dict:
     x = (images / 255).astype(np.float32)
     return {"inputs": [{"name": "input", "shape": [len(x), 1, 28, 28], "datatype": "FP32",
