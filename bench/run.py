@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=lambda t: [int(x) for x in _list(t)], default=None)
     p.add_argument("--duration", type=float, default=None, help="seconds per load level")
     p.add_argument("--max-batch-size", type=int, default=32, help="gloro-serve's batch size for target (a)")
+    p.add_argument("--overhead-threads", type=int, default=0,
+                   help="onnxruntime intra-op threads for the overhead section (default 0: onnxruntime's own "
+                        "choice, as the default single server process runs; 1 is what each --workers process runs)")
     p.add_argument("--no-peers", action="store_true", help="skip the plain FastAPI and LitServe servers")
     p.add_argument("--random-weights", action="store_true", help="a random 2C2F even if the MNIST model is shipped")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results, quick: bench/results/tmp/quick)")
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, case in cases.items():
             print(f"bench: certification overhead, {case.name}", flush=True)
             results["overhead"].append(overhead.run(case, plan.batches, plan.rounds, plan.round_s, args.backend,
-                                                    args.device))
+                                                    args.device, threads=args.overhead_threads))
             if (args.backend, args.device) == ("torch", "cuda"):  # as the server runs it there
                 try:
                     results["overhead"].append(overhead.run(case, plan.batches, plan.rounds, plan.round_s,

@@ -253,9 +253,9 @@ def best_ceiling(case: ModelCase, models: dict[int, Any], batch_size: int, durat
 
 
 # The batch sizes the ceiling tries, up to the server's largest. The largest is not always the
-# fastest: on the 2-core Intel Xeon the 6C2F ran 618 us an image in batches of 32 and 560 in
-# batches of 8 (one thread, medians of 6 interleaved runs; docs/benchmarks.md, "The ceiling's
-# batch size"), so a ceiling at 32 alone was 10-13 % below what the model can do in process.
+# fastest: on the 2-core Intel Xeon the 6C2F's backend took 620.1 us an image in batches of 32 and
+# 563.6 in batches of 8 (`python -m bench.batch_sizes --model cifar`,
+# bench/results/batch_sizes-cifar.json; docs/benchmarks.md, "The ceiling's batch size").
 CEILING_BATCHES = (4, 8, 16, 32)
 
 
