@@ -358,8 +358,10 @@ def side_by_side(case: ModelCase, servers: dict[str, Running], models: dict[int,
     and the in-process ceiling ("e") is measured: ratios taken within a round hold on a shared
     machine, where absolute numbers drift. Each server's row has its CPU and the machine's idle
     cores (`load_with_server_cpu`). The ceiling runs the fastest of `batch_sizes`, found first
-    (`fastest_ceiling_batch`); returns the rounds and that search's rows."""
-    fastest, tried = fastest_ceiling_batch(case, models, batch_sizes, 1.5)
+    (`fastest_ceiling_batch`, 1.5 s each or a quarter of `duration_s` if less); returns the rounds
+    and that search's rows."""
+    # 1.5 s a batch size and thread count, less in a short run (--quick, tests)
+    fastest, tried = fastest_ceiling_batch(case, models, batch_sizes, min(1.5, duration_s / 4))
     for server in servers.values():
         run_load(server.url, case.body, connections, 2.0, work, client)
     keys = [*servers, "e"]
