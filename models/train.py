@@ -93,10 +93,10 @@ def train(config: TrainConfig, out: Path, resume: bool = False, device: str = "a
 
     ``stop_after`` ends this invocation after that many epochs, keeping the schedules of the full
     ``config.epochs`` run, so long trainings can be sliced across sessions with ``resume``.
-    A resumed run keeps its saved settings but ``config.epochs`` (and ``data_dir`` when given);
-    ``given`` names the fields the caller set on purpose (the CLI's flags), each of which must
-    agree with the saved run. Without it, only the network (architecture, activation, data set,
-    LLN) is checked.
+    A resumed run keeps its saved settings. ``given`` names the fields the caller set on purpose
+    (the CLI's flags): each must agree with the saved run, but ``epochs`` (which then replaces the
+    saved length) and ``data_dir``. Without it (a Python caller), only the network (architecture,
+    activation, data set, LLN) is checked and ``config.epochs`` always replaces the saved length.
     """
     with flushed_denormals():  # first: torch's worker threads inherit it when they start
         if threads:
