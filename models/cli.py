@@ -29,8 +29,10 @@ class UsageError(ValueError):
     """Bad input from the user; reported as one line."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors raise UsageError, for the caller to print as one line (exit 2, no usage dump)."""
+
+    def error(self, message: str) -> None:
         raise UsageError(message)
 
 
@@ -205,8 +207,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gloro-serve", description="Train, certify and export GloRo nets.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="gloro-serve", description="Train, certify and export GloRo nets.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for add, _ in COMMANDS.values():
         add(sub)
     return parser

@@ -12,7 +12,6 @@ the sound K without the safety factor.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from models import data
-from models.cli import positive_int
+from models.cli import OneLineParser, positive_int
 from models.export import CertifiedModel
 
 Run = Callable[[np.ndarray], list[np.ndarray]]  # float32 [N, C, H, W] -> [label, radius]
@@ -106,13 +105,8 @@ def check(version_dir: Path, onnx_path: Path | None, data_dir: str, pairs: int) 
             "certified_points": int((radius > 0).sum())}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise ValueError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m models.rounding", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m models.rounding", description=__doc__.splitlines()[0])
     parser.add_argument("version_dir", type=Path, help="an exported model version (its weights give the exact radius)")
     parser.add_argument("--onnx", type=Path, help="serve this graph instead of the version's (the same weights)")
     parser.add_argument("--data-dir", default="../shared/datasets/mnist")

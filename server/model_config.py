@@ -25,17 +25,18 @@ def _output(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
     return entry
 
 
-def model_config(service: ModelService, outputs: dict[str, str], input_name: str, platform: str) -> dict[str, Any]:
-    """`outputs` maps each output's name to its protocol datatype, in the order the metadata lists them."""
+def triton_model_config(service: ModelService, outputs: dict[str, tuple[str, list[int]]], input_name: str,
+                        platform: str) -> dict[str, Any]:
+    """`outputs` maps each output's name to its protocol datatype and its shape for one image, in the
+    order the metadata lists them."""
     spec, config = service.spec, service.config
-    per_image = {"logits": [len(spec.classes)]}
     body: dict[str, Any] = {
         "name": spec.name,
         "platform": platform,
         "max_batch_size": config.max_batch_size,
         "input": [{"name": input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NONE",
                    "dims": list(spec.input_shape)}],
-        "output": [_output(name, datatype, per_image.get(name, [])) for name, datatype in outputs.items()],
+        "output": [_output(name, datatype, dims) for name, (datatype, dims) in outputs.items()],
         "dynamic_batching": {
             "max_queue_delay_microseconds": round(config.max_queue_delay * 1e6),
             "default_queue_policy": {

@@ -56,7 +56,7 @@ def _by_model(registry: CollectorRegistry) -> dict[str, dict[str, float]]:
     return sums
 
 
-def model_statistics(registry: CollectorRegistry, models: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def triton_statistics(registry: CollectorRegistry, models: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """The body of GET /v2/models[/{name}[/versions/{v}]]/stats for these (name, version) pairs."""
     sums = _by_model(registry)
     stats = []

@@ -17,8 +17,8 @@ from server.budget import Hold
 from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.metrics import Metrics
-from server.model_config import model_config
-from server.model_stats import model_statistics
+from server.model_config import triton_model_config
+from server.model_stats import triton_statistics
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -185,6 +185,11 @@ def _platform(service: ModelService) -> str:
     return "gloro_" + type(service.backend).__name__
 
 
+def _per_image_shapes(service: ModelService) -> dict[str, list[int]]:
+    """Each output's shape for one image (the metadata puts the batch axis, -1, in front)."""
+    return {"label": [], "certified": [], "radius": [], "logits": [len(service.spec.classes)]}
+
+
 class OpenInferenceAPI:
     def __init__(self, models: Models, metrics: Metrics) -> None:
         self.models = models
@@ -195,15 +200,14 @@ class OpenInferenceAPI:
 
     def _metadata(self, service: ModelService) -> Response:
         spec = service.spec
-        classes = len(spec.classes)
-        shapes = {"label": [-1], "certified": [-1], "radius": [-1], "logits": [-1, classes]}
+        shapes = _per_image_shapes(service)
         return FastJSONResponse({
             "name": spec.name,
             "versions": [spec.version],
             "platform": _platform(service),
             "inputs": [{"name": INPUT, "datatype": DATATYPE_FP32, "shape": [-1, *spec.input_shape]}],
             "outputs": [
-                {"name": name, "datatype": datatype, "shape": shapes[name]}
+                {"name": name, "datatype": datatype, "shape": [-1, *shapes[name]]}
                 for name, (datatype, _) in OUTPUTS.items()
             ],
             "parameters": {"epsilon": spec.epsilon, "classes": spec.classes},
@@ -216,10 +220,11 @@ class OpenInferenceAPI:
         return self._metadata(self.models.version(name, version))
 
     def _config(self, service: ModelService) -> Response:
-        datatypes = {name: datatype for name, (datatype, _) in OUTPUTS.items()}
-        return FastJSONResponse(model_config(service, datatypes, INPUT, _platform(service)))
+        shapes = _per_image_shapes(service)
+        outputs = {name: (datatype, shapes[name]) for name, (datatype, _) in OUTPUTS.items()}
+        return FastJSONResponse(triton_model_config(service, outputs, INPUT, _platform(service)))
 
-    async def model_config(self, name: str) -> Response:
+    async def config(self, name: str) -> Response:
         return self._config(self.models.get(name))
 
     async def version_config(self, name: str, version: str) -> Response:
@@ -227,12 +232,12 @@ class OpenInferenceAPI:
 
     def _statistics(self, services: list[ModelService]) -> Response:
         pairs = [(s.spec.name, s.spec.version) for s in services]
-        return FastJSONResponse(model_statistics(self.metrics.current(), pairs))
+        return FastJSONResponse(triton_statistics(self.metrics.current(), pairs))
 
     async def all_statistics(self) -> Response:
         return self._statistics(list(self.models.services.values()))
 
-    async def model_statistics(self, name: str) -> Response:
+    async def statistics(self, name: str) -> Response:
         return self._statistics([self.models.get(name)])
 
     async def version_statistics(self, name: str, version: str) -> Response:
@@ -266,10 +271,10 @@ class OpenInferenceAPI:
             Route("GET", "/v2", self.server_metadata, "Server metadata", {"response_model": ServerMetadataResponse}),
             # before /v2/models/{name}, which would take "stats" for a model's name
             Route("GET", "/v2/models/stats", self.all_statistics, "Statistics of every model", stats),
-            Route("GET", "/v2/models/{name}/stats", self.model_statistics, "Model statistics", stats),
+            Route("GET", "/v2/models/{name}/stats", self.statistics, "Model statistics", stats),
             Route("GET", "/v2/models/{name}/versions/{version}/stats", self.version_statistics,
                   "Model version statistics", stats),
-            Route("GET", "/v2/models/{name}/config", self.model_config, "Model configuration (Triton's)", config),
+            Route("GET", "/v2/models/{name}/config", self.config, "Model configuration (Triton's)", config),
             Route("GET", "/v2/models/{name}/versions/{version}/config", self.version_config,
                   "Model version configuration (Triton's)", config),
             Route("GET", "/v2/models/{name}", self.model_metadata, "Model metadata", meta),
