@@ -33,6 +33,7 @@ from bench import machine
 from bench.load import run_load
 from bench.models import ROOT, ModelCase
 from server.decode import decode_base64, decode_images
+from server.settings import DEFAULT_SPIN_US
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,13 @@ def answered_label(body: bytes) -> int:
     return int(json.loads(body)["predictions"][0]["label"])
 
 
-def in_process_backend(case: ModelCase, backend: str, device: str, threads: int = 0) -> Any:
+def in_process_backend(case: ModelCase, backend: str, device: str, threads: int = 0,
+                       spin_us: int = DEFAULT_SPIN_US) -> Any:
     from server.backends import backend_factory
     from server.repository import load_repository
 
     spec = load_repository(case.repository)[case.name]
-    model = backend_factory(backend, device, threads)(spec)
+    model = backend_factory(backend, device, threads, spin_us=spin_us)(spec)
     model.load()
     return model
 

@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "mnist-2c2f"
+# onnxruntime's intra-op threads spin this long for more work before sleeping (docs/benchmarks.md,
+# "Spinning, briefly")
+DEFAULT_SPIN_US = 100
 
 BackendName = Literal["onnxruntime", "torch"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -79,6 +82,13 @@ class ServerSettings(BaseSettings):
         description="intra-op threads per model (0: the backend's default with one instance; with more, "
         "the cores shared among them)",
     )
+    spin_us: int = Field(
+        DEFAULT_SPIN_US, ge=0, le=1_000_000,
+        description="how long onnxruntime's intra-op threads spin for more work before they sleep, in "
+        "microseconds (0: they never spin): within a forward pass a spinning thread starts each operator at "
+        "once instead of being woken, which makes a one-image pass on two threads much faster; spinning "
+        "longer takes cores from the event loop between batches",
+    )
     switch_interval_ms: float = Field(
         5.0, gt=0, le=100,
         description="Python's GIL switch interval for the server process (5 is Python's own): 0.5 lets a "
@@ -132,6 +142,13 @@ class ServerSettings(BaseSettings):
         if self.cuda_wait != "spin" and self.backend != "torch":
             raise ValueError(f"--cuda-wait {self.cuda_wait} applies to --backend torch only "
                              f"(the {self.backend} backend waits its own way)")
+        return self
+
+    @model_validator(mode="after")
+    def _spin_needs_onnxruntime(self) -> ServerSettings:
+        if self.spin_us != DEFAULT_SPIN_US and self.backend != "onnxruntime":
+            raise ValueError(f"--spin-us applies to --backend onnxruntime only (the {self.backend} backend "
+                             f"does not use onnxruntime's thread pool)")
         return self
 
     def intra_op_threads(self) -> int:

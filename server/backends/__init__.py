@@ -6,32 +6,33 @@ from collections.abc import Callable
 
 from server.backends.base import Backend, BackendError, BatchOutput
 from server.repository import ModelSpec
-from server.settings import CudaWaitName
+from server.settings import DEFAULT_SPIN_US, CudaWaitName
 
 BackendFactory = Callable[[ModelSpec], Backend]
 
 
-def _onnxruntime(spec: ModelSpec, device: str, threads: int, cuda_wait: CudaWaitName) -> Backend:
+def _onnxruntime(spec: ModelSpec, device: str, threads: int, cuda_wait: CudaWaitName, spin_us: int) -> Backend:
     from server.backends.ort import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(spec, device, threads)  # its CUDA provider waits its own way
+    return OnnxRuntimeBackend(spec, device, threads, spin_us)  # its CUDA provider waits its own way
 
 
-def _torch(spec: ModelSpec, device: str, threads: int, cuda_wait: CudaWaitName) -> Backend:
+def _torch(spec: ModelSpec, device: str, threads: int, cuda_wait: CudaWaitName, spin_us: int) -> Backend:
     from server.backends.pytorch import TorchBackend
 
-    return TorchBackend(spec, device, threads, cuda_wait)
+    return TorchBackend(spec, device, threads, cuda_wait)  # torch's own pool: --spin-us is refused
 
 
-BACKENDS: dict[str, Callable[[ModelSpec, str, int, CudaWaitName], Backend]] = {
+BACKENDS: dict[str, Callable[[ModelSpec, str, int, CudaWaitName, int], Backend]] = {
     "onnxruntime": _onnxruntime,
     "torch": _torch,
 }
 
 
-def backend_factory(name: str, device: str, threads: int, cuda_wait: CudaWaitName = "spin") -> BackendFactory:
+def backend_factory(name: str, device: str, threads: int, cuda_wait: CudaWaitName = "spin",
+                    spin_us: int = DEFAULT_SPIN_US) -> BackendFactory:
     make = BACKENDS[name]
-    return lambda spec: make(spec, device, threads, cuda_wait)
+    return lambda spec: make(spec, device, threads, cuda_wait, spin_us)
 
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "BackendFactory", "BatchOutput", "backend_factory"]

@@ -7,6 +7,7 @@ import onnxruntime as ort
 
 from server.backends.base import Backend, BackendError, BatchOutput
 from server.repository import ModelSpec
+from server.settings import DEFAULT_SPIN_US
 
 OUTPUTS = ("logits", "label", "radius")
 CUDA = "CUDAExecutionProvider"
@@ -25,24 +26,29 @@ def providers_for(device: str) -> list[str]:
     return [CPU]
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 0, spin_us: int = DEFAULT_SPIN_US) -> ort.SessionOptions:
     """The server's session settings (the benchmarks use them too, to compare like with like)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads would compete with the event loop for the same cores between batches.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # A thread that sleeps between operators must be woken for the next one, which on two threads
+    # nearly doubled a one-image pass; one that spins on after the pass takes the event loop's core.
+    # So: spin, but only briefly (--spin-us).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
+    if spin_us:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     return options
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0, spin_us: int = DEFAULT_SPIN_US) -> None:
         super().__init__(spec)
         self.device = device
         self.providers = providers_for(device)
         self.threads = threads
+        self.spin_us = spin_us
         self._session: ort.InferenceSession | None = None
 
     @property
@@ -52,7 +58,7 @@ class OnnxRuntimeBackend(Backend):
     def load(self) -> None:
         try:
             session = ort.InferenceSession(
-                str(self.spec.onnx_path), sess_options=session_options(self.threads), providers=self.providers
+                str(self.spec.onnx_path), sess_options=session_options(self.threads, self.spin_us), providers=self.providers
             )
         except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
             raise BackendError(f"{self.spec.onnx_path}: onnxruntime cannot load it: {exc}") from None

@@ -153,6 +153,25 @@ def test_the_cuda_wait_setting_reaches_the_torch_backend(tiny_repo: Path) -> Non
     assert type(backend).__name__ == "TorchBackend" and backend.cuda_wait == "block"
 
 
+@pytest.mark.parametrize(("spin_us", "allow", "duration"), [(100, "1", "100"), (0, "0", None)])
+def test_the_spin_setting_reaches_the_onnxruntime_session(tiny_repo: Path, spin_us: int, allow: str,
+                                                          duration: str | None) -> None:
+    """--spin-us: onnxruntime's intra-op threads spin that long for more work, or (0) never."""
+    from server.app import create_app
+    from server.settings import ServerSettings
+
+    app = create_app(ServerSettings(repository=tiny_repo, spin_us=spin_us))
+    backend = app.state.models.services["tiny"].backend
+    backend.load()
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    if duration is None:  # never spinning: no duration is set at all
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            options.get_session_config_entry("session.intra_op.spin_duration_us")
+    else:
+        assert options.get_session_config_entry("session.intra_op.spin_duration_us") == duration
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("spoil", ["edited weights", "manifest without their hash"])
 def test_the_torch_backend_serves_only_the_weights_that_were_exported(tmp_path: Path, spoil: str) -> None:

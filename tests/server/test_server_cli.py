@@ -41,6 +41,7 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_settings(["--max-batch-size", "3"]).max_batch_size == 3  # flag beats env
     assert parse_settings(["--backend", "torch", "--cuda-wait", "block"]).cuda_wait == "block"
     assert parse_settings([]).cuda_wait == "spin"
+    assert parse_settings(["--spin-us", "0"]).spin_us == 0 and parse_settings([]).spin_us == 100
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,8 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--max-bytes-in-flight", "2000"], "--max-bytes-in-flight (2000) must be at least --max-body-bytes (8388608)"),
         (["--backend", "torch", "--cuda-wait", "sometimes"], "--cuda-wait:"),
         (["--cuda-wait", "block"], "--cuda-wait block applies to --backend torch only (the onnxruntime backend"),
+        (["--spin-us", "-1"], "--spin-us:"),
+        (["--backend", "torch", "--spin-us", "0"], "--spin-us applies to --backend onnxruntime only"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
