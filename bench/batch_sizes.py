@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.batches) < 1 or args.rounds < 1 or args.round_s <= 0 or args.threads < 1 or min(args.spin_us) < 0:
         p.error("--batches, --rounds and --threads must be >= 1, --round-s > 0 and --spin-us >= 0")
+    if len(set(args.spin_us)) < len(args.spin_us) or (len(args.spin_us) > 1 and args.threads == 1):
+        p.error("--spin-us: give each setting once, and compare several only with --threads 2 or more "
+                "(one thread has no pool to spin)")
     work = args.out.resolve().parent / "tmp" / "batch_sizes"
     work.mkdir(parents=True, exist_ok=True)
     result = {"command": f"{PROG} " + shlex.join(argv), "machine": machine.describe(ROOT),

@@ -147,8 +147,8 @@ class ServerSettings(BaseSettings):
     @model_validator(mode="after")
     def _spin_needs_onnxruntime(self) -> ServerSettings:
         if self.spin_us != DEFAULT_SPIN_US and self.backend != "onnxruntime":
-            raise ValueError(f"--spin-us applies to --backend onnxruntime only (the {self.backend} backend "
-                             f"does not use onnxruntime's thread pool)")
+            raise ValueError(f"--spin-us {self.spin_us} applies to --backend onnxruntime only (the "
+                             f"{self.backend} backend does not use onnxruntime's thread pool)")
         return self
 
     def intra_op_threads(self) -> int:

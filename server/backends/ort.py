@@ -34,8 +34,8 @@ def session_options(threads: int = 0, spin_us: int = DEFAULT_SPIN_US) -> ort.Ses
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # A thread that sleeps between operators must be woken for the next one, which on two threads
-    # nearly doubled a one-image pass; one that spins on after the pass takes the event loop's core.
-    # So: spin, but only briefly (--spin-us).
+    # made a one-image pass 1.6x slower; one that spins on after the pass takes the event loop's
+    # core. So: spin, but only briefly (--spin-us).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
     if spin_us:
         options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
@@ -43,7 +43,8 @@ def session_options(threads: int = 0, spin_us: int = DEFAULT_SPIN_US) -> ort.Ses
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0, spin_us: int = DEFAULT_SPIN_US) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int = 0,
+                 spin_us: int = DEFAULT_SPIN_US) -> None:
         super().__init__(spec)
         self.device = device
         self.providers = providers_for(device)
@@ -58,7 +59,8 @@ class OnnxRuntimeBackend(Backend):
     def load(self) -> None:
         try:
             session = ort.InferenceSession(
-                str(self.spec.onnx_path), sess_options=session_options(self.threads, self.spin_us), providers=self.providers
+                str(self.spec.onnx_path), sess_options=session_options(self.threads, self.spin_us),
+                providers=self.providers,
             )
         except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
             raise BackendError(f"{self.spec.onnx_path}: onnxruntime cannot load it: {exc}") from None

@@ -29,19 +29,31 @@ def test_a_batch_of_zero_is_a_usage_error(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.integration
-def test_several_spin_settings_are_each_timed_at_each_batch_size_in_every_round(tmp_path: Path) -> None:
+def test_several_spin_settings_are_each_timed_at_each_batch_size_in_every_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    real = batch_sizes.in_process_backend
+
+    def recording(*args, spin_us: int, **kwargs):
+        built.append(spin_us)
+        return real(*args, spin_us=spin_us, **kwargs)
+
+    monkeypatch.setattr(batch_sizes, "in_process_backend", recording)
     out = tmp_path / "bs.json"
     assert batch_sizes.main(["--model", "mnist", "--batches", "1", "4", "--threads", "2", "--spin-us", "0", "100",
                              "--rounds", "2", "--round-s", "0.05", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     keys = {"1 spin 0", "1 spin 100", "4 spin 0", "4 spin 100"}
-    assert result["threads"] == 2 and result["spin_us"] == [0, 100]
+    assert result["threads"] == 2 and result["spin_us"] == [0, 100] and built == [0, 100]
     assert set(result["us_per_image"]) == keys and all(v > 0 for v in result["us_per_image"].values())
     assert len(result["rounds"]) == 2 and all(set(r) == keys for r in result["rounds"])
 
 
 @pytest.mark.unit
-def test_a_negative_spin_is_a_usage_error(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("argv", [["--spin-us", "-5"], ["--threads", "2", "--spin-us", "100", "100"],
+                                  ["--threads", "1", "--spin-us", "0", "100"]])
+def test_a_spin_comparison_that_cannot_mean_anything_is_a_usage_error(tmp_path: Path, capsys, argv) -> None:
+    """Negative, repeated, or several with one thread (which has no pool to spin)."""
     with pytest.raises(SystemExit) as exit_:
-        batch_sizes.main(["--spin-us", "-5", "--out", str(tmp_path / "bs.json")])
+        batch_sizes.main([*argv, "--out", str(tmp_path / "bs.json")])
     assert exit_.value.code == 2 and "--spin-us" in capsys.readouterr().err

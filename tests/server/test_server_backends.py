@@ -153,7 +153,8 @@ def test_the_cuda_wait_setting_reaches_the_torch_backend(tiny_repo: Path) -> Non
     assert type(backend).__name__ == "TorchBackend" and backend.cuda_wait == "block"
 
 
-@pytest.mark.parametrize(("spin_us", "allow", "duration"), [(100, "1", "100"), (0, "0", None)])
+@pytest.mark.integration
+@pytest.mark.parametrize(("spin_us", "allow", "duration"), [(250, "1", "250"), (0, "0", None)])
 def test_the_spin_setting_reaches_the_onnxruntime_session(tiny_repo: Path, spin_us: int, allow: str,
                                                           duration: str | None) -> None:
     """--spin-us: onnxruntime's intra-op threads spin that long for more work, or (0) never."""

@@ -56,7 +56,7 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--backend", "torch", "--cuda-wait", "sometimes"], "--cuda-wait:"),
         (["--cuda-wait", "block"], "--cuda-wait block applies to --backend torch only (the onnxruntime backend"),
         (["--spin-us", "-1"], "--spin-us:"),
-        (["--backend", "torch", "--spin-us", "0"], "--spin-us applies to --backend onnxruntime only"),
+        (["--backend", "torch", "--spin-us", "0"], "--spin-us 0 applies to --backend onnxruntime only"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
