@@ -71,12 +71,15 @@ class MinMax(FreeLayer):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
+        # A plain int, not a traced size: the exported graph then splits at a constant (one Split
+        # node) instead of computing the half from Shape, Gather and Div for two Slices, which made
+        # a one-image 2C2F pass a tenth slower (docs/benchmarks.md, item 21). Channels are fixed.
+        c = int(x.shape[1])
         if c % 2:
             raise ValueError(f"MinMax needs an even number of channels, got {c}")
         if self.training and torch.is_grad_enabled():
             return _MinMaxPairs.apply(x)
-        a, b = x[:, : c // 2], x[:, c // 2 :]
+        a, b = x.split(c // 2, dim=1)
         return torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)
 
 

@@ -61,6 +61,15 @@ def test_convolutions_pad_inside_themselves(exported):
         assert list(pads) == [1, 1, 1, 1]
 
 
+def test_minmax_splits_its_channels_at_a_constant(exported):
+    """Each MinMax is Split, Min, Max, Concat: its half of the channels is a constant of the graph,
+    not computed from the input's shape on every call."""
+    nodes = onnx.load(str(exported / "model.onnx")).graph.node
+    types = [n.op_type for n in nodes]
+    assert types.count("Split") == types.count("Min") == types.count("Max") >= 1
+    assert "Shape" not in types and "Slice" not in types
+
+
 def test_onnxruntime_agrees_with_torch_on_the_mnist_test_set(exported, trained_run, mnist_dir):
     model, config, _ = checkpoint.load_model(trained_run / "checkpoint")
     allowance = json.loads((exported / "gloro.json").read_text())["bound"]["margin_allowance"]
