@@ -131,10 +131,12 @@ def onnx_evaluate(path: Path, dataset: data.Dataset, batch_size: int = 1000) -> 
     return Evaluation(dataset.labels, np.concatenate(labels), np.concatenate(radii))
 
 
-def _code_version() -> str:
+def _code_version(checkout: Path = Path(__file__).parent) -> str:
+    """The commit the exporter runs from, with "-dirty" when tracked files differ from it: an
+    export from uncommitted code must not claim a commit that writes another graph."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
+                             capture_output=True, text=True, timeout=5, cwd=checkout)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

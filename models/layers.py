@@ -73,7 +73,8 @@ class MinMax(FreeLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A plain int, not a traced size: the exported graph then splits at a constant (one Split
         # node) instead of computing the half from Shape, Gather and Div for two Slices, which made
-        # a one-image 2C2F pass a tenth slower (docs/benchmarks.md, item 21). Channels are fixed.
+        # a one-image 2C2F pass about a tenth slower in onnxruntime (docs/benchmarks.md, item 21).
+        # The channel count of a layer is fixed, so nothing is lost.
         c = int(x.shape[1])
         if c % 2:
             raise ValueError(f"MinMax needs an even number of channels, got {c}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from models import checkpoint, data
-from models.export import CertifiedModel, ExportError, export_checkpoint, export_model
+from models.export import CertifiedModel, ExportError, _code_version, export_checkpoint, export_model
 from models.gloro import SAFETY_FACTOR, BoundMode
 from models.layers import UnboundedLayerError
 from server.repository import sha256_file
@@ -219,3 +220,21 @@ def test_certify_measures_a_version_under_the_safety_factor_it_was_exported_with
     assert report["sound"]["safety_factor"] == 1.001
     for eps in ("0.3", "0.45"):  # torch here, onnxruntime at export: one test point at most
         assert report["sound"]["vra"][eps] == pytest.approx(exported_metrics["vra"][eps], abs=1 / 1000)
+
+
+@pytest.mark.unit
+def test_an_export_from_uncommitted_code_says_so(tmp_path: Path) -> None:
+    """provenance.code_version names the commit, and marks a tree whose tracked files differ from
+    it: the graph such code writes may be one that commit does not."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "layers.py").write_text("a = 1\n")
+    git("add", "layers.py")
+    git("commit", "-qm", "first")
+    sha = git("rev-parse", "--short=7", "HEAD")
+    assert _code_version(tmp_path) == sha
+    (tmp_path / "layers.py").write_text("a = 2\n")
+    assert _code_version(tmp_path) == f"{sha}-dirty"
