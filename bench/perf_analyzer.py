@@ -35,6 +35,7 @@ COLUMNS = {
     "p95 latency": "p95_us", "p99 latency": "p99_us", "Server Queue": "server_queue_us",
     "Server Compute Infer": "server_compute_us", "Network+Server Send/Recv": "network_and_server_us",
 }
+DEFAULT_STABILITY = 10.0  # perf_analyzer's own default, in percent
 
 
 def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
@@ -50,14 +51,14 @@ def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
 
 
 def measure_one(exe: str, case: ModelCase, url: str, data: Path, concurrency: int, interval_ms: int,
-                work: Path) -> dict[str, Any]:
+                stability: float, work: Path) -> dict[str, Any]:
     """One perf_analyzer run at one concurrency: its CSV row, converted."""
     report = work / "perf_analyzer.csv"
     report.unlink(missing_ok=True)
     host = url.removeprefix("http://").split("/", 1)[0]
     command = [exe, "-m", case.name, "-u", host, "-i", "http", "--input-data", str(data),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
-               "-f", str(report)]
+               "--stability-percentage", str(stability), "-f", str(report)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if run.returncode != 0 or not report.is_file():
         raise CompareError(f"perf_analyzer failed ({run.returncode}): {(run.stdout + run.stderr).strip()[-400:]}")
@@ -66,7 +67,7 @@ def measure_one(exe: str, case: ModelCase, url: str, data: Path, concurrency: in
 
 
 def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int], interval_ms: int,
-                       work: Path) -> dict[str, Any]:
+                       work: Path, stability: float = DEFAULT_STABILITY) -> dict[str, Any]:
     exe = shutil.which("perf_analyzer")
     if exe is None:
         raise CompareError("perf_analyzer is not on PATH; install it with: bash bench/install_perf_analyzer.sh")
@@ -80,10 +81,11 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
         servers = start_servers(stack, specs, case, work, "perf-analyzer")
         for level in concurrency:
             for label, server in servers.items():
-                rows[label][str(level)] = measure_one(exe, case, server.url, data, level, interval_ms, work)
+                rows[label][str(level)] = measure_one(exe, case, server.url, data, level, interval_ms, stability, work)
                 print(f"bench: {label} at concurrency {level}: {rows[label][str(level)]['infer_per_s']:,.0f} infer/s",
                       flush=True)
     return {"model": case.name, "weights": case.weights, "perf_analyzer": version, "interval_ms": interval_ms,
+            "stability_percentage": stability,
             "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in specs}, "rows": rows}
 
 
@@ -103,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     p = server_parser(PROG, __doc__, "mnist")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64], help="concurrency levels")
     p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer's measurement window")
+    p.add_argument("--stability-percentage", type=float, default=DEFAULT_STABILITY,
+                   help="perf_analyzer's: how far three windows in a row may differ for a level to count as "
+                   "measured; it gives up after ten windows (a busy shared machine may need more)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "perf_analyzer.json")
     args = p.parse_args(argv)
-    if any(level < 1 for level in args.concurrency) or args.interval_ms < 100:
-        p.error("--concurrency levels must be >= 1 and --interval-ms >= 100")
+    if any(level < 1 for level in args.concurrency) or args.interval_ms < 100 or args.stability_percentage <= 0:
+        p.error("--concurrency levels must be >= 1, --interval-ms >= 100 and --stability-percentage > 0")
 
     def measure(work: Path) -> dict[str, Any]:
-        return perf_analyzer_runs(args.server, args.model, args.concurrency, args.interval_ms, work)
+        return perf_analyzer_runs(args.server, args.model, args.concurrency, args.interval_ms, work,
+                                  args.stability_percentage)
 
     result = measured(PROG, argv, args.out, measure)
     if result is None:
