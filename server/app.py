@@ -146,7 +146,7 @@ def create_app(
     """
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     factory = backends or backend_factory(settings.backend, settings.device, settings.intra_op_threads(),
-                                          settings.cuda_wait, settings.spin_us)
+                                          cuda_wait=settings.cuda_wait, spin_us=settings.spin_us)
     models = build_models(settings, factory, metrics)
 
     @asynccontextmanager

@@ -69,7 +69,7 @@ def test_captured_cuda_graphs_answer_as_onnxruntime_at_every_batch_size(mnist_te
     thread waits for the GPU, it reads the outputs only once they are there."""
     from models.torch_backend import GRAPH_BUCKETS
 
-    gpu = backend_factory("torch", "cuda", 0, cuda_wait)(load_repository(SHIPPED)["mnist-4c3f"])
+    gpu = backend_factory("torch", "cuda", 0, cuda_wait=cuda_wait)(load_repository(SHIPPED)["mnist-4c3f"])
     gpu.load()
     assert sorted(gpu._predictor._graphs) == list(GRAPH_BUCKETS)
     for n in (64, 3, 1, 200, 300):
