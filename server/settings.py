@@ -19,6 +19,12 @@ DEFAULT_MODEL = "mnist-2c2f"
 DEFAULT_SPIN_US = 100
 
 BackendName = Literal["onnxruntime", "torch"]
+# Settings only one backend reads: that backend, and why the others ignore it. Set to anything
+# but its default with another backend, one is refused rather than silently dropped.
+ONE_BACKEND_SETTINGS: dict[str, tuple[str, str]] = {
+    "cuda_wait": ("torch", "waits its own way"),
+    "spin_us": ("onnxruntime", "does not use onnxruntime's thread pool"),
+}
 DeviceName = Literal["auto", "cpu", "cuda"]
 CudaWaitName = Literal["spin", "block"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -138,17 +144,12 @@ class ServerSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _cuda_wait_needs_torch(self) -> ServerSettings:
-        if self.cuda_wait != "spin" and self.backend != "torch":
-            raise ValueError(f"--cuda-wait {self.cuda_wait} applies to --backend torch only "
-                             f"(the {self.backend} backend waits its own way)")
-        return self
-
-    @model_validator(mode="after")
-    def _spin_needs_onnxruntime(self) -> ServerSettings:
-        if self.spin_us != DEFAULT_SPIN_US and self.backend != "onnxruntime":
-            raise ValueError(f"--spin-us {self.spin_us} applies to --backend onnxruntime only (the "
-                             f"{self.backend} backend does not use onnxruntime's thread pool)")
+    def _one_backend_settings_need_that_backend(self) -> ServerSettings:
+        for name, (owner, why_not) in ONE_BACKEND_SETTINGS.items():
+            value = getattr(self, name)
+            if value != type(self).model_fields[name].default and self.backend != owner:
+                raise ValueError(f"--{name.replace('_', '-')} {value} applies to --backend {owner} only "
+                                 f"(the {self.backend} backend {why_not})")
         return self
 
     def intra_op_threads(self) -> int:
