@@ -94,6 +94,20 @@ async def index() -> Response:
     return FastJSONResponse({"name": "gloro-serve", "docs": "/docs", "models": "/v1/models"})
 
 
+@asynccontextmanager
+async def grpc_endpoint(settings: ServerSettings, models: Models, metrics: Metrics,
+                        budget: InFlightBytes) -> AsyncIterator[None]:
+    """The gRPC server of --grpc-port, on the app's event loop, while the app serves; with none set,
+    nothing (and grpc is not imported)."""
+    if settings.grpc_port is None:
+        yield
+        return
+    from server.grpc_v2.endpoint import serving_grpc
+
+    async with serving_grpc(settings, models, metrics, budget):
+        yield
+
+
 class GloroApp(FastAPI):
     """FastAPI, with the server's own ASGI middleware in front of FastAPI's per-request layers.
 
@@ -122,12 +136,11 @@ class GloroApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics) -> ASGIApp:
+def front_middleware(app: GloroApp, settings: ServerSettings, metrics: Metrics, budget: InFlightBytes) -> ASGIApp:
     """Outermost first: metrics, then the API key (when one is set), the body limit, compressed
     bodies, dispatch."""
     dispatch = DirectDispatch(app.through_fastapi, direct_routes(app))
-    inner: ASGIApp = BodyLimit(ContentDecoding(dispatch, settings.max_body_bytes), settings.max_body_bytes,
-                               InFlightBytes(settings.max_bytes_in_flight))
+    inner: ASGIApp = BodyLimit(ContentDecoding(dispatch, settings.max_body_bytes), settings.max_body_bytes, budget)
     if settings.api_key is not None:
         inner = ApiKey(inner, settings.api_key.get_secret_value())
     return RequestMetrics(inner, metrics)
@@ -148,11 +161,13 @@ def create_app(
     factory = backends or backend_factory(settings.backend, settings.device, settings.intra_op_threads(),
                                           cuda_wait=settings.cuda_wait, spin_us=settings.spin_us)
     models = build_models(settings, factory, metrics)
+    budget = InFlightBytes(settings.max_bytes_in_flight)  # one count for HTTP and gRPC requests
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(models.load_all)
-        yield
+        async with grpc_endpoint(settings, models, metrics, budget):
+            yield
         # uvicorn has already drained the connections for up to drain_s; what is left is abandoned.
         await asyncio.to_thread(models.stop_all, min(STOP_TIMEOUT_S, settings.drain_s))
         metrics.close()
@@ -176,5 +191,5 @@ def create_app(
         app.add_api_route("/", demo_page, methods=["GET"], include_in_schema=False)
     else:
         app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
-    app.front = front_middleware(app, settings, metrics)
+    app.front = front_middleware(app, settings, metrics, budget)
     return app

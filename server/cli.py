@@ -144,6 +144,17 @@ def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
     }
 
 
+def check_grpc_port(settings: ServerSettings) -> None:
+    if settings.grpc_port is None:
+        return
+    from server.grpc_v2.endpoint import why_unusable
+
+    reason = why_unusable(settings.host, settings.grpc_port)
+    if reason is not None:
+        raise CliError(f"--grpc-port {settings.grpc_port}: cannot listen on {settings.host}:{settings.grpc_port} "
+                       f"({reason})")
+
+
 def serve(settings: ServerSettings, backends: Any = None) -> int:
     """Run the server until SIGINT/SIGTERM; `backends` replaces the configured backend factory
     (in one process only: worker processes build the configured one)."""
@@ -152,6 +163,7 @@ def serve(settings: ServerSettings, backends: Any = None) -> int:
     if settings.workers > 1 and backends is not None:
         raise ValueError("a replacement backend factory serves one process; worker processes build their own")
     configure_process(settings)
+    check_grpc_port(settings)
     if settings.workers > 1:
         from server.workers import serve_workers
 

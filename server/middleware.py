@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,6 +51,24 @@ class RequestMetrics:
             )
 
 
+API_KEY_HELP = "send it as X-API-Key or Authorization: Bearer <key>"
+
+
+def carries_key(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> bool:
+    """Whether X-API-Key, or Authorization: Bearer, among `headers` (names lower-case: HTTP/1.1's
+    as uvicorn gives them, gRPC's metadata) is `key`."""
+    for name, value in headers:
+        if name == b"x-api-key":
+            candidate = value
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            candidate = value[7:].strip()
+        else:
+            continue
+        if hmac.compare_digest(candidate, key):
+            return True
+    return False
+
+
 class ApiKey:
     """401 unless X-API-Key or Authorization: Bearer carries the key (public paths excepted)."""
 
@@ -57,32 +76,17 @@ class ApiKey:
         self.app = app
         self.key = key.encode()
 
-    def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:
-            if name == b"x-api-key":
-                candidate = value
-            elif name == b"authorization" and value[:7].lower() == b"bearer ":
-                candidate = value[7:].strip()
-            else:
-                continue
-            if hmac.compare_digest(candidate, self.key):
-                return True
-        return False
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (
             scope["type"] != "http"
             or path in PUBLIC_PATHS
             or not path.startswith(PRIVATE_PREFIXES)
-            or self._authorised(scope["headers"])
+            or carries_key(scope["headers"], self.key)
         ):
             await self.app(scope, receive, send)
             return
-        response = error_response(
-            401, "missing or wrong API key: send it as X-API-Key or Authorization: Bearer <key>",
-            Unauthorized.headers,
-        )
+        response = error_response(401, f"missing or wrong API key: {API_KEY_HELP}", Unauthorized.headers)
         await response(scope, receive, send)
 
 

@@ -45,6 +45,11 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    grpc_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="also serve the Open Inference Protocol v2 over gRPC on this port of --host (KServe and "
+        "Triton clients; KServe's default is 8081); unset: HTTP only",
+    )
     max_batch_size: int = Field(
         32, ge=1, le=4096, description="most images in one forward pass (Triton: max_batch_size)"
     )
@@ -141,6 +146,12 @@ class ServerSettings(BaseSettings):
                 f"--max-bytes-in-flight ({self.max_bytes_in_flight}) must be at least --max-body-bytes "
                 f"({self.max_body_bytes}), or no body of the largest size allowed could be read"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> ServerSettings:
+        if self.grpc_port is not None and self.grpc_port == self.port:
+            raise ValueError(f"--grpc-port {self.grpc_port} is --port too: gRPC needs a port of its own")
         return self
 
     @model_validator(mode="after")

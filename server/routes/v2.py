@@ -1,7 +1,5 @@
-"""Open Inference Protocol v2 (KServe/Triton REST) with the binary tensor data extension.
-
-One input, `input` FP32 [-1, C, H, W]; outputs `label` INT64 [-1], `certified` BOOL [-1],
-`radius` FP32 [-1], `logits` FP32 [-1, m]; eps in the request's `parameters.epsilon`.
+"""Open Inference Protocol v2 (KServe/Triton REST) with the binary tensor data extension; the
+protocol's tensors and checks are server/open_inference.py's, shared with gRPC (server/grpc_v2/).
 """
 
 from __future__ import annotations
@@ -14,11 +12,13 @@ from starlette.responses import Response
 
 from server import package_version
 from server.budget import Hold
-from server.decode import DATATYPE_FP32, parse_epsilon, tensor_from_bytes, tensor_from_list
+from server.decode import parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.metrics import Metrics
 from server.model_config import triton_model_config
 from server.model_stats import triton_statistics
+from server.open_inference import (INPUT, OUTPUTS, check_input, check_model, check_output_asked, model_metadata,
+                                   output_bytes, output_tensor, per_image_shapes, platform)
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -32,14 +32,6 @@ from server.wire_v2 import (
     StatisticsResponse,
 )
 
-INPUT = "input"
-# output name -> (datatype, little-endian numpy dtype)
-OUTPUTS: dict[str, tuple[str, str]] = {
-    "label": ("INT64", "<i8"),
-    "certified": ("BOOL", "|b1"),
-    "radius": ("FP32", "<f4"),
-    "logits": ("FP32", "<f4"),
-}
 NAME = path_parameter("name")
 VERSION = path_parameter("version")
 INFER_BODY = {
@@ -77,12 +69,8 @@ def _input_tensor(request: InferRequest, binary: memoryview, service: ModelServi
     so counted once made; a binary tensor counts as a copy, though an aligned one is a view of the
     body). A JSON `data` list is dropped from `request` once converted, before the model runs: as
     Python numbers it takes several times its JSON (docs/server.md, "Memory")."""
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
-        names = [i.name[:32] for i in request.inputs]
-        raise BadRequest(f"inputs {names}: this model takes exactly one input named {INPUT!r}")
+    check_input([i.name for i in request.inputs], request.inputs[0].datatype)
     tensor: RequestInput = request.inputs[0]
-    if tensor.datatype != DATATYPE_FP32:
-        raise BadRequest(f"input datatype {tensor.datatype[:16]!r}: this model takes {DATATYPE_FP32}")
     spec = service.spec.manifest.input
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is None:
@@ -118,31 +106,9 @@ def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
         return [(name, binary_default) for name in OUTPUTS]
     wanted: dict[str, bool] = {}
     for output in request.outputs:
-        if output.name not in OUTPUTS:
-            raise BadRequest(f"unknown output {output.name[:32]!r}; outputs are {', '.join(OUTPUTS)}")
-        if output.name in wanted:
-            raise BadRequest(f"output {output.name!r} is asked for twice")
-        if "classification" in (output.parameters or {}):
-            raise BadRequest(f"output {output.name!r}: the classification extension (class_count) is not "
-                             "supported; ask for logits and take the top classes")
+        check_output_asked(output.name, output.parameters or {}, wanted)
         wanted[output.name] = _flag(output.parameters, "binary_data", binary_default, f"output {output.name!r}: ")
     return list(wanted.items())
-
-
-def _check_model(request: InferRequest, service: ModelService) -> None:
-    """A request naming its model (KServe's client always does) must name the one in the path."""
-    spec = service.spec
-    if request.model_name is not None and request.model_name != spec.name:
-        raise BadRequest(f"model_name {request.model_name[:64]!r} in the request, but the path names {spec.name!r}")
-    if request.model_version not in (None, "", spec.version):
-        raise BadRequest(f"model_version {request.model_version[:16]!r} in the request, but {spec.name} "
-                         f"serves version {spec.version}")
-
-
-def _tensor(prediction: Prediction, name: str) -> np.ndarray:
-    if name == "certified":
-        return prediction.certified
-    return getattr(prediction.output, name)
 
 
 def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], prediction: Prediction) -> Response:
@@ -150,11 +116,10 @@ def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], predi
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in wanted:
-        datatype, dtype = OUTPUTS[name]
-        array = _tensor(prediction, name)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        array = output_tensor(prediction, name)
+        entry: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name][0], "shape": list(array.shape)}
         if binary:
-            blob = np.ascontiguousarray(array, dtype=dtype).tobytes()
+            blob = output_bytes(prediction, name)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -181,15 +146,6 @@ def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], predi
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
-def _platform(service: ModelService) -> str:
-    return "gloro_" + type(service.backend).__name__
-
-
-def _per_image_shapes(service: ModelService) -> dict[str, list[int]]:
-    """Each output's shape for one image (the metadata puts the batch axis, -1, in front)."""
-    return {"label": [], "certified": [], "radius": [], "logits": [len(service.spec.classes)]}
-
-
 class OpenInferenceAPI:
     def __init__(self, models: Models, metrics: Metrics) -> None:
         self.models = models
@@ -199,19 +155,7 @@ class OpenInferenceAPI:
         return FastJSONResponse({"name": "gloro-serve", "version": package_version(), "extensions": EXTENSIONS})
 
     def _metadata(self, service: ModelService) -> Response:
-        spec = service.spec
-        shapes = _per_image_shapes(service)
-        return FastJSONResponse({
-            "name": spec.name,
-            "versions": [spec.version],
-            "platform": _platform(service),
-            "inputs": [{"name": INPUT, "datatype": DATATYPE_FP32, "shape": [-1, *spec.input_shape]}],
-            "outputs": [
-                {"name": name, "datatype": datatype, "shape": [-1, *shapes[name]]}
-                for name, (datatype, _) in OUTPUTS.items()
-            ],
-            "parameters": {"epsilon": spec.epsilon, "classes": spec.classes},
-        })
+        return FastJSONResponse(model_metadata(service))
 
     async def model_metadata(self, name: str) -> Response:
         return self._metadata(self.models.get(name))
@@ -220,9 +164,9 @@ class OpenInferenceAPI:
         return self._metadata(self.models.version(name, version))
 
     def _config(self, service: ModelService) -> Response:
-        shapes = _per_image_shapes(service)
+        shapes = per_image_shapes(service)
         outputs = {name: (datatype, shapes[name]) for name, (datatype, _) in OUTPUTS.items()}
-        return FastJSONResponse(triton_model_config(service, outputs, INPUT, _platform(service)))
+        return FastJSONResponse(triton_model_config(service, outputs, INPUT, platform(service)))
 
     async def config(self, name: str) -> Response:
         return self._config(self.models.get(name))
@@ -255,7 +199,7 @@ class OpenInferenceAPI:
         body = await read_body(request)
         json_part, binary = _split_body(body, header(request, BINARY_HEADER))
         infer_request = parse_wire(InferRequest, json_part, "inference header", _invalid_request)
-        _check_model(infer_request, service)
+        check_model(infer_request.model_name, infer_request.model_version, service)
         inputs = _input_tensor(infer_request, binary, service, request.scope["gloro.hold"])
         wanted = _requested_outputs(infer_request)  # bad asks refused before the model runs
         epsilon = parse_epsilon((infer_request.parameters or {}).get("epsilon"), service.spec.epsilon)

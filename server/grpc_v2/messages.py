@@ -1,0 +1,43 @@
+"""The protocol's message classes, built from the compiled descriptor set (open_inference.binpb)
+in a descriptor pool of their own.
+
+No generated `_pb2` module: generated code pins the protobuf runtime it needs to protoc's
+version, and a module registering `inference.*` in protobuf's default pool would clash with
+tritonclient's, which registers the same names, in any process that imports both.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+PACKAGE = "inference"
+SERVICE = f"{PACKAGE}.GRPCInferenceService"
+DESCRIPTOR_SET = Path(__file__).resolve().parent / "open_inference.binpb"
+
+
+@functools.cache
+def _pool() -> descriptor_pool.DescriptorPool:
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    return pool
+
+
+@functools.cache
+def message(name: str) -> type[Message]:
+    """The class of message `name` of the protocol ("ModelInferRequest", "ModelInferResponse.InferOutputTensor")."""
+    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+
+
+def methods() -> dict[str, tuple[type[Message], type[Message]]]:
+    """Each call of the service: its name -> (request class, response class)."""
+    service = _pool().FindServiceByName(SERVICE)
+    return {
+        method.name: (message(method.input_type.name), message(method.output_type.name))
+        for method in service.methods
+    }

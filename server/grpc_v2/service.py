@@ -1,0 +1,218 @@
+"""The calls of `inference.GRPCInferenceService`: health, metadata and inference, on the same
+models, batchers, limits and metrics as the REST routes.
+
+What REST answers with a status code gRPC answers with the status code that means the same
+(`GRPC_CODES`); the message is the same one line. Each call counts in gloro_requests_total and
+gloro_request_duration_seconds under its method's path (`/inference.GRPCInferenceService/ModelInfer`),
+with the HTTP status its outcome maps to, so one dashboard covers both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+
+from server import package_version
+from server.budget import Hold, InFlightBytes
+from server.decode import parse_epsilon, tensor_from_bytes, tensor_from_list
+from server.errors import BadRequest, GloroError, Unauthorized
+from server.grpc_v2.messages import SERVICE, message, methods
+from server.metrics import Metrics
+from server.middleware import API_KEY_HELP, carries_key
+from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_metadata,
+                                   output_bytes, output_tensor)
+from server.repository import InputSpec
+from server.service import ModelService, Models
+
+log = logging.getLogger("server.grpc")
+
+# GloroError.status -> the gRPC status code of the same meaning (gRPC's own HTTP mapping, read backwards)
+GRPC_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# A call its client cancelled, or whose deadline passed, before it was answered (nginx's 499)
+CANCELLED_STATUS = 499
+# As on REST, the health calls need no API key
+PUBLIC_METHODS = frozenset({"ServerLive", "ServerReady"})
+# The protocol's gRPC extensions served: none (Triton's model configuration and statistics are REST only here)
+EXTENSIONS: list[str] = []
+
+
+class Call:
+    """One call's model (for its metrics) and what it holds of the process's in-flight bytes."""
+
+    __slots__ = ("model", "hold")
+
+    def __init__(self, budget: InFlightBytes) -> None:
+        self.model = ""
+        self.hold = Hold(budget)
+
+
+Handler = Callable[[Any, Call], Awaitable[Message]]
+
+
+def parameter_value(parameter: Message) -> Any:
+    """An InferParameter's value, whichever of its kinds is set (None when none is)."""
+    kind = parameter.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(parameter, kind)
+
+
+def input_tensor(request: Any, spec: InputSpec, hold: Hold) -> np.ndarray:
+    """The request's one FP32 input, from its raw bytes (tritonclient's way) or from
+    `contents.fp32_contents`, counted in the call's `Hold` as REST counts its decoded input."""
+    inputs = request.inputs
+    check_input([tensor.name for tensor in inputs], inputs[0].datatype if inputs else "")
+    tensor = inputs[0]
+    shape = list(tensor.shape)
+    raw = request.raw_input_contents
+    if raw:
+        if len(raw) != 1:
+            raise BadRequest(f"{len(raw)} raw_input_contents for 1 input")
+        if tensor.HasField("contents"):
+            raise BadRequest("input has both contents and raw_input_contents")
+        array = tensor_from_bytes(memoryview(raw[0]), shape, spec)
+    elif tensor.HasField("contents"):
+        contents = tensor.contents
+        others = [field.name for field, _ in contents.ListFields() if field.name != "fp32_contents"]
+        if others:
+            raise BadRequest(f"input contents in {others[0]}: an FP32 input's values go in fp32_contents")
+        array = tensor_from_list(list(contents.fp32_contents), shape, spec)
+    else:
+        raise BadRequest("input has neither contents nor raw_input_contents")
+    hold.take(array.nbytes, "the decoded input")
+    return array
+
+
+def requested_outputs(request: Any) -> list[str]:
+    """The outputs asked for, in order; all of them when none is named."""
+    wanted: list[str] = []
+    for output in request.outputs:
+        check_output_asked(output.name, output.parameters.keys(), wanted)
+        wanted.append(output.name)
+    return wanted or list(OUTPUTS)
+
+
+class OpenInferenceService:
+    """The service's calls, and the gRPC handler that routes each to its method here."""
+
+    def __init__(self, models: Models, metrics: Metrics, budget: InFlightBytes, api_key: str | None) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.budget = budget
+        self.key = api_key.encode() if api_key is not None else None
+
+    def _service(self, name: str, version: str) -> ModelService:
+        if not name:
+            raise BadRequest(f"no model named: set the request's name; served: {', '.join(self.models.services)}")
+        return self.models.version(name, version) if version else self.models.get(name)
+
+    async def server_live(self, request: Any, call: Call) -> Message:
+        return message("ServerLiveResponse")(live=True)
+
+    async def server_ready(self, request: Any, call: Call) -> Message:
+        return message("ServerReadyResponse")(ready=self.models.ready)
+
+    async def model_ready(self, request: Any, call: Call) -> Message:
+        service = self._service(request.name, request.version)
+        call.model = service.spec.name
+        return message("ModelReadyResponse")(ready=service.ready)
+
+    async def server_metadata(self, request: Any, call: Call) -> Message:
+        return message("ServerMetadataResponse")(name="gloro-serve", version=package_version(), extensions=EXTENSIONS)
+
+    async def model_metadata(self, request: Any, call: Call) -> Message:
+        service = self._service(request.name, request.version)
+        call.model = service.spec.name
+        metadata = model_metadata(service)
+        del metadata["parameters"]  # not in the gRPC message
+        return message("ModelMetadataResponse")(**metadata)
+
+    async def model_infer(self, request: Any, call: Call) -> Message:
+        service = self._service(request.model_name, request.model_version)
+        spec = service.spec
+        call.model = spec.name
+        check_model(request.model_name, request.model_version, service)
+        call.hold.take(request.ByteSize(), "the request message")
+        inputs = input_tensor(request, spec.manifest.input, call.hold)
+        wanted = requested_outputs(request)  # bad asks refused before the model runs
+        asked = request.parameters["epsilon"] if "epsilon" in request.parameters else None
+        epsilon = parse_epsilon(None if asked is None else parameter_value(asked), spec.epsilon)
+        prediction = await service.predict(inputs, epsilon)
+        response = message("ModelInferResponse")(model_name=spec.name, model_version=spec.version, id=request.id)
+        response.parameters["epsilon"].double_param = prediction.epsilon
+        for name in wanted:
+            response.outputs.add(name=name, datatype=OUTPUTS[name][0], shape=output_tensor(prediction, name).shape)
+            response.raw_output_contents.append(output_bytes(prediction, name))
+        return response
+
+    def _authorise(self, context: grpc.aio.ServicerContext) -> None:
+        if self.key is None:
+            return
+        metadata = context.invocation_metadata() or ()
+        headers = [(k.encode(), v if isinstance(v, bytes) else v.encode()) for k, v in metadata]
+        if not carries_key(headers, self.key):
+            raise Unauthorized(f"missing or wrong API key: {API_KEY_HELP} (as gRPC metadata)")
+
+    def _answering(self, method: str, handler: Handler) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]:
+        """`handler` as a gRPC call: the API key checked, its errors as gRPC status codes, its metrics
+        recorded and its bytes given back, whatever the outcome."""
+        route = f"/{SERVICE}/{method}"
+        public = method in PUBLIC_METHODS
+
+        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Message:
+            started = time.perf_counter()
+            call = Call(self.budget)
+            status = 500
+            try:
+                if not public:
+                    self._authorise(context)
+                response = await handler(request, call)
+                status = 200
+                return response
+            except GloroError as exc:
+                status, code, details = exc.status, GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc)
+            except asyncio.CancelledError:
+                status = CANCELLED_STATUS
+                raise
+            except Exception as exc:
+                log.exception("unexpected error in %s", route)
+                code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+            finally:
+                call.hold.release()
+                self.metrics.record_request(call.model, route, status, time.perf_counter() - started)
+            await context.abort(code, details)
+
+        return answer
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        calls: dict[str, Handler] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._answering(name, calls[name]),
+                request_deserializer=request_class.FromString,
+                response_serializer=response_class.SerializeToString,
+            )
+            for name, (request_class, response_class) in methods().items()
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)

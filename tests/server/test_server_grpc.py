@@ -1,0 +1,245 @@
+"""The Open Inference Protocol v2 over gRPC (`--grpc-port`): real server processes (torch import
+blocked), real MNIST digits, Triton's own gRPC client and Triton's .proto."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from server_support import NO_TORCH_SERVER, ROOT, ServerProcess, free_port, metric_samples, promtool_check_metrics
+
+pytestmark = pytest.mark.e2e
+
+SHIPPED = "mnist-2c2f"
+MAX_BODY = 256 * 1024  # 83 digits as FP32: a larger message is refused
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def infer_count(metrics: str, status: str) -> float:
+    """gloro_requests_total of the shipped model's ModelInfer calls that ended in `status`."""
+    key = (("model", SHIPPED), ("route", INFER), ("status", status))
+    return metric_samples(metrics, "gloro_requests_total").get(key, 0.0)
+
+
+def digits(images: np.ndarray, n: int) -> np.ndarray:
+    return (images[:n].astype(np.float32) / 255).reshape(n, 1, 28, 28)
+
+
+def fp32_input(x: np.ndarray, name: str = "input") -> triton.InferInput:
+    tensor = triton.InferInput(name, list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def status_of(call) -> tuple[str, str]:
+    """The status (as tritonclient names it: "StatusCode.NOT_FOUND") and message a failing call gets."""
+    with pytest.raises(triton.InferenceServerException) as caught:
+        call()
+    return caught.value.status(), caught.value.message()
+
+
+class GrpcServer(ServerProcess):
+    """A server process with --grpc-port on a free port, and a Triton client of it."""
+
+    def __init__(self, args: list[str] = ()) -> None:
+        self.grpc_port = free_port()
+        super().__init__(["--grpc-port", str(self.grpc_port), *args])
+        self.target = f"127.0.0.1:{self.grpc_port}"
+
+    def client(self) -> triton.InferenceServerClient:
+        return triton.InferenceServerClient(self.target)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with GrpcServer(["--max-body-bytes", str(MAX_BODY), "--max-bytes-in-flight", str(4 * MAX_BODY)]) as process:
+        yield process
+    assert process.process.returncode == 0, process.output()
+
+
+def test_health_and_metadata_answer_as_tritons_client_reads_them(server) -> None:
+    client = server.client()
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(SHIPPED)
+    assert client.is_model_ready(SHIPPED, "1")
+    assert client.get_server_metadata(as_json=True)["name"] == "gloro-serve"
+    meta = client.get_model_metadata(SHIPPED, as_json=True)
+    assert meta["versions"] == ["1"]
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32", ["-1", "1", "28", "28"])]
+    assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
+        ("label", "INT64"), ("certified", "BOOL"), ("radius", "FP32"), ("logits", "FP32")]
+
+
+def test_infer_gives_the_answers_of_the_rest_endpoint_for_real_digits(server, mnist_test) -> None:
+    images, labels = mnist_test
+    x = digits(images, 16)
+    result = server.client().infer(SHIPPED, [fp32_input(x)], parameters={"epsilon": 0.3}, request_id="digits")
+    rest = httpx.post(f"{server.url}/v2/models/{SHIPPED}/infer", json={
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+        "parameters": {"epsilon": 0.3},
+    }).json()
+    by_name = {o["name"]: np.asarray(o["data"]) for o in rest["outputs"]}
+    assert result.as_numpy("label").tolist() == by_name["label"].tolist()
+    assert (result.as_numpy("label") == labels[:16]).mean() >= 0.9  # the shipped model reads digits
+    assert result.as_numpy("certified").tolist() == by_name["certified"].tolist()
+    np.testing.assert_allclose(result.as_numpy("radius"), by_name["radius"], rtol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("logits").ravel(), by_name["logits"], rtol=1e-5, atol=1e-6)
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == (SHIPPED, "1", "digits")
+    assert response.parameters["epsilon"].double_param == 0.3
+
+
+def test_certified_means_a_radius_over_the_requested_epsilon(server, mnist_test) -> None:
+    x = digits(mnist_test[0], 32)
+    client = server.client()
+    for epsilon in (0.3, 1.0):
+        result = client.infer(SHIPPED, [fp32_input(x)], parameters={"epsilon": epsilon})
+        assert result.as_numpy("certified").tolist() == (result.as_numpy("radius") > epsilon).tolist()
+    # without one, the model's own epsilon
+    default = client.infer(SHIPPED, [fp32_input(x)]).get_response().parameters["epsilon"].double_param
+    assert default == pytest.approx(0.3)
+
+
+def test_outputs_come_as_asked_in_that_order(server, mnist_test) -> None:
+    x = digits(mnist_test[0], 4)
+    asked = [triton.InferRequestedOutput("radius"), triton.InferRequestedOutput("label")]
+    result = server.client().infer(SHIPPED, [fp32_input(x)], outputs=asked)
+    assert [o.name for o in result.get_response().outputs] == ["radius", "label"]
+    assert result.as_numpy("label").shape == (4,) and result.as_numpy("logits") is None
+
+
+def test_typed_contents_from_tritons_own_stub_give_the_raw_answer(server, mnist_test) -> None:
+    x = digits(mnist_test[0], 3)
+    request = service_pb2.ModelInferRequest(model_name=SHIPPED)
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    with grpc.insecure_channel(server.target) as channel:
+        typed = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    labels = np.frombuffer(typed.raw_output_contents[0], dtype="<i8")
+    raw = server.client().infer(SHIPPED, [fp32_input(x)])
+    assert [o.name for o in typed.outputs] == ["label", "certified", "radius", "logits"]
+    assert labels.tolist() == raw.as_numpy("label").tolist()
+
+
+def _bad_requests(x: np.ndarray) -> dict[str, tuple[dict, grpc.StatusCode, str]]:
+    """What a client can get wrong: infer() keyword arguments -> the status and a part of the message."""
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    wide = np.zeros((1, 1, 27, 28), np.float32)
+    fp64 = triton.InferInput("input", [1, 1, 28, 28], "FP64")
+    fp64.set_data_from_numpy(x[:1].astype(np.float64))
+    classify = triton.InferRequestedOutput("logits", class_count=3)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    return {
+        "wrong shape": ({"inputs": [fp32_input(wide)]}, invalid, "model expects [-1, 1, 28, 28]"),
+        "NaN pixel": ({"inputs": [fp32_input(nan)]}, invalid, "finite and in [0, 1]"),
+        "pixel over 1": ({"inputs": [fp32_input(x * 255)]}, invalid, "finite and in [0, 1]"),
+        "FP64": ({"inputs": [fp64]}, invalid, "this model takes FP32"),
+        "input misnamed": ({"inputs": [fp32_input(x, "image")]}, invalid, "exactly one input named 'input'"),
+        "two inputs": ({"inputs": [fp32_input(x), fp32_input(x)]}, invalid, "exactly one input"),
+        "unknown output": ({"outputs": [triton.InferRequestedOutput("softmax")]}, invalid, "unknown output"),
+        "classification": ({"outputs": [classify]}, invalid, "classification extension"),
+        "negative epsilon": ({"parameters": {"epsilon": -0.1}}, invalid, "epsilon must be a finite number >= 0"),
+        "epsilon a word": ({"parameters": {"epsilon": "small"}}, invalid, "epsilon must be a number"),
+        "epsilon a bool": ({"parameters": {"epsilon": True}}, invalid, "epsilon must be a number"),
+        "unknown model": ({"model_name": "nope"}, grpc.StatusCode.NOT_FOUND, "model 'nope' is not served"),
+        "unknown version": ({"model_version": "7"}, grpc.StatusCode.NOT_FOUND, "version '7'"),
+        "over --max-body-bytes": ({"inputs": [fp32_input(np.zeros((100, 1, 28, 28), np.float32))]},
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_requests(np.zeros((2, 1, 28, 28), np.float32))))
+def test_a_bad_request_gets_the_status_that_names_it_and_harms_no_other(server, mnist_test, case) -> None:
+    x = digits(mnist_test[0], 2)
+    arguments, code, text = _bad_requests(x)[case]
+    client = server.client()
+    call = {"model_name": SHIPPED, "inputs": [fp32_input(x)], **arguments}
+    status, details = status_of(lambda: client.infer(**call))
+    assert status == str(code) and text in details, (status, details)
+    assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (2,)
+
+
+def test_requests_without_data_or_with_it_twice_are_refused(server, mnist_test) -> None:
+    x = digits(mnist_test[0], 1)
+    empty = service_pb2.ModelInferRequest(model_name=SHIPPED)
+    empty.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    both = service_pb2.ModelInferRequest()
+    both.CopyFrom(empty)
+    both.inputs[0].contents.fp32_contents.extend(x.ravel().tolist())
+    both.raw_input_contents.append(x.tobytes())
+    nameless = service_pb2.ModelInferRequest()
+    nameless.CopyFrom(both)
+    nameless.model_name = ""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request, text in [(empty, "neither contents nor raw_input_contents"),
+                              (both, "both contents and raw_input_contents"), (nameless, "no model named")]:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in caught.value.details()
+
+
+def test_grpc_calls_count_in_the_metrics_by_method_and_outcome(server, mnist_test) -> None:
+    client = server.client()
+    x = digits(mnist_test[0], 2)
+    before = server.metrics()
+    client.infer(SHIPPED, [fp32_input(x)])
+    status_of(lambda: client.infer(SHIPPED, [fp32_input(x * 255)]))
+    after = server.metrics()
+    promtool_check_metrics(after)
+    assert infer_count(after, "200") - infer_count(before, "200") == 1
+    assert infer_count(after, "422") - infer_count(before, "422") == 1
+
+
+def test_an_api_key_guards_every_call_but_the_health_checks(mnist_test) -> None:
+    x = digits(mnist_test[0], 1)
+    with GrpcServer(["--api-key", "s3cret"]) as process:
+        client = process.client()
+        assert client.is_server_live() and client.is_server_ready()
+        status, details = status_of(lambda: client.infer(SHIPPED, [fp32_input(x)]))
+        assert status == str(grpc.StatusCode.UNAUTHENTICATED) and "API key" in details
+        status, _ = status_of(lambda: client.infer(SHIPPED, [fp32_input(x)], headers={"x-api-key": "wrong"}))
+        assert status == str(grpc.StatusCode.UNAUTHENTICATED)
+        for headers in ({"x-api-key": "s3cret"}, {"authorization": "Bearer s3cret"}):
+            assert client.infer(SHIPPED, [fp32_input(x)], headers=headers).as_numpy("label").shape == (1,)
+
+
+def test_every_worker_serves_grpc_on_the_one_port(mnist_test) -> None:
+    x = digits(mnist_test[0], 2)
+    with GrpcServer(["--workers", "2"]) as process:
+        for _ in range(12):  # a new connection each, spread by the kernel over the workers' sockets
+            client = process.client()
+            assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (2,)
+            client.close()
+        assert infer_count(process.metrics(), "200") == 12  # summed over the workers
+    assert process.process.returncode == 0, process.output()
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH_SERVER, "serve", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_taken_grpc_port_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            run = _serve("--port", str(free_port()), "--grpc-port", str(port), *extra)
+            assert run.returncode == 2
+            assert run.stderr.strip().splitlines() == [
+                f"gloro-serve: error: --grpc-port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)"]
+
+
+def test_the_grpc_port_cannot_be_the_http_port() -> None:
+    run = _serve("--port", "8123", "--grpc-port", "8123")
+    assert run.returncode == 2 and "gRPC needs a port of its own" in run.stderr

@@ -1,0 +1,49 @@
+"""The gRPC protocol's definition: the descriptor set gloro-serve ships is its .proto compiled, and
+every message and call has the field numbers, types and names of Triton's own .proto (so Triton's
+and KServe's clients read what it sends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor_pb2
+from tritonclient.grpc import service_pb2
+
+from server.grpc_v2.messages import DESCRIPTOR_SET, message
+
+pytestmark = pytest.mark.unit
+
+PROTO = DESCRIPTOR_SET.with_suffix(".proto")
+
+
+def test_the_shipped_descriptor_set_is_the_proto_compiled(tmp_path: Path) -> None:
+    from grpc_tools import protoc
+
+    out = tmp_path / "compiled.binpb"
+    assert protoc.main(["protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", str(PROTO)]) == 0
+    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    shipped = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    assert shipped == compiled, f"regenerate {DESCRIPTOR_SET.name} as {PROTO.name}'s header says"
+
+
+def _fields(descriptor) -> dict[str, tuple[int, int]]:
+    """Every field of a message and its nested messages (map entries aside): path -> (number, type)."""
+    out = {f"{descriptor.name}.{f.name}": (f.number, f.type) for f in descriptor.fields}
+    for nested in descriptor.nested_types:
+        if not nested.GetOptions().map_entry:
+            out.update({f"{descriptor.name}.{k}": v for k, v in _fields(nested).items()})
+    return out
+
+
+def test_every_message_has_tritons_field_numbers_and_types() -> None:
+    ours = message("ModelInferRequest").DESCRIPTOR.file
+    tritons = service_pb2.DESCRIPTOR
+    for name, descriptor in ours.message_types_by_name.items():
+        assert _fields(descriptor) == _fields(tritons.message_types_by_name[name]), name
+    (service,) = ours.services_by_name.values()
+    theirs = tritons.services_by_name[service.name]
+    assert service.full_name == theirs.full_name == "inference.GRPCInferenceService"
+    for method in service.methods:
+        their = theirs.methods_by_name[method.name]
+        assert (method.input_type.name, method.output_type.name) == (their.input_type.name, their.output_type.name)
