@@ -46,10 +46,11 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GLORO_HOST=0.0.0.0 \
-    GLORO_PORT=8000
+    GLORO_PORT=8000 \
+    GLORO_GRPC_PORT=8081
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+EXPOSE 8000 8081
 # The slim base has no curl: probe /healthz with the venv's Python.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GLORO_PORT', '8000'), timeout=4)"]

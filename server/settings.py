@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "mnist-2c2f"
@@ -48,7 +48,7 @@ class ServerSettings(BaseSettings):
     grpc_port: int | None = Field(
         None, ge=1, le=65535,
         description="also serve the Open Inference Protocol v2 over gRPC on this port of --host (KServe and "
-        "Triton clients; KServe's default is 8081); unset: HTTP only",
+        "Triton clients; KServe's default is 8081); unset or off: HTTP only",
     )
     max_batch_size: int = Field(
         32, ge=1, le=4096, description="most images in one forward pass (Triton: max_batch_size)"
@@ -147,6 +147,12 @@ class ServerSettings(BaseSettings):
                 f"({self.max_body_bytes}), or no body of the largest size allowed could be read"
             )
         return self
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _grpc_off(cls, value: object) -> object:
+        """`off` (or empty, as GLORO_GRPC_PORT= leaves it) turns off the gRPC port an image sets."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "off") else value
 
     @model_validator(mode="after")
     def _grpc_port_is_its_own(self) -> ServerSettings:

@@ -88,6 +88,7 @@ class Running:
     process: subprocess.Popen
     port: int
     base_url: str
+    grpc_port: int
 
 
 def listener(port: int) -> tuple[int, int, str]:
@@ -130,17 +131,18 @@ def container(image: Image) -> Iterator[str]:
 
 
 def start(image: Image, container: str, *, env: dict[str, str] = {}, volumes: tuple[str, ...] = ()) -> Running:
-    """The image's default command (ENTRYPOINT + CMD) with the given environment."""
-    port = free_port()
+    """The image's default command (ENTRYPOINT + CMD) with the given environment, on free ports
+    (the container shares the host's network)."""
+    port, grpc_port = free_port(), free_port()
     command = [*image.config["Entrypoint"], *image.config["Cmd"]]
-    args = [*RUN, "-e", f"GLORO_PORT={port}"]
+    args = [*RUN, "-e", f"GLORO_PORT={port}", "-e", f"GLORO_GRPC_PORT={grpc_port}"]
     args += [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
     args += [a for v in volumes for a in ("-v", v)]
     process = subprocess.Popen(
         [*args, container, "--", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
-    running = Running(process, port, f"http://127.0.0.1:{port}")
+    running = Running(process, port, f"http://127.0.0.1:{port}", grpc_port)
     wait_ready(running.base_url, process, timeout_s=120)
     return running
 
@@ -203,6 +205,28 @@ def test_certified_mnist_predictions(server: Running) -> None:
     (first, label), = images[:1]
     one = predict(server.base_url, [first])["predictions"][0]
     assert one["label"] == label and one["certified"] is True
+
+
+def test_grpc_answers_tritons_client(image: Image, server: Running) -> None:
+    """The image serves the Open Inference Protocol over gRPC too (GLORO_GRPC_PORT, 8081 by default)."""
+    import io
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from PIL import Image as PILImage
+
+    assert "GLORO_GRPC_PORT=8081" in image.config["Env"] and "8081/tcp" in image.config["ExposedPorts"]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    assert client.is_server_ready() and client.is_model_ready("mnist-2c2f")
+    images = mnist_test_pngs(4)
+    answer = predict(server.base_url, [png for png, _ in images])["predictions"]
+    pixels = np.stack([np.asarray(PILImage.open(io.BytesIO(png))) for png, _ in images])
+    pixels = pixels.astype(np.float32).reshape(4, 1, 28, 28) / 255
+    tensor = grpcclient.InferInput("input", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    result = client.infer("mnist-2c2f", [tensor])
+    assert result.as_numpy("label").tolist() == [p["label"] for p in answer] == [label for _, label in images]
+    assert result.as_numpy("certified").tolist() == [p["certified"] for p in answer]
 
 
 def test_healthcheck_command(image: Image, container: str, server: Running) -> None:

@@ -68,10 +68,10 @@ def test_runtime_stage(dockerfile: Path) -> None:
     words = dict(stage)  # the last of each instruction
     user = words["USER"].split(":")[0]
     assert user.isdigit() and int(user) != 0, "a numeric non-root USER (runAsNonRoot can verify it)"
-    assert words["EXPOSE"] == "8000"
+    assert words["EXPOSE"] == "8000 8081"  # HTTP, gRPC
     assert "/healthz" in words["HEALTHCHECK"]
     env = " ".join(rest for word, rest in stage if word == "ENV")
-    assert "GLORO_HOST=0.0.0.0" in env
+    assert "GLORO_HOST=0.0.0.0" in env and "GLORO_GRPC_PORT=8081" in env
     # the runtime stage receives the venv; it installs no Python packages and no compilers
     assert any(word == "COPY" and "--from=builder" in rest for word, rest in stage)
     runs = " ".join(rest for word, rest in stage if word == "RUN")

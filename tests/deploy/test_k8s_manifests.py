@@ -73,8 +73,10 @@ def test_deployment_probes_and_shutdown(deployment: dict) -> None:
     spec = deployment["spec"]["template"]["spec"]
     c = container(deployment)
     assert selects(deployment["spec"]["selector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"])
-    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    port = ports["http"]
     assert str(port) == env(deployment)["GLORO_PORT"]
+    assert str(ports["grpc"]) == env(deployment)["GLORO_GRPC_PORT"]
     assert env(deployment)["GLORO_HOST"] == "0.0.0.0"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -132,9 +134,18 @@ def test_each_service_and_pdb_selects_exactly_one_deployment() -> None:
                    if selects(selector, d["spec"]["template"]["metadata"]["labels"])]
         assert len(matched) == 1, (kind, name, matched)
         if kind == "Service":
-            (port,) = doc["spec"]["ports"]
             target = res[("Deployment", matched[0])]
-            assert port["targetPort"] in {p["name"] for p in container(target)["ports"]}
+            named = {p["name"] for p in container(target)["ports"]}
+            assert {port["targetPort"] for port in doc["spec"]["ports"]} <= named, (name, named)
+
+
+def test_grpc_reaches_every_pod_by_a_headless_service() -> None:
+    """kube-proxy balances connections, and a gRPC client sends every call down one: only a name that
+    resolves to each pod lets the client spread its calls (docs/deploy.md)."""
+    service = resources()[("Service", "gloro-serve-grpc")]
+    assert service["spec"]["clusterIP"] == "None"
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "grpc" and port["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_hpa_scales_the_cpu_deployment() -> None:

@@ -44,6 +44,16 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_settings(["--spin-us", "0"]).spin_us == 0 and parse_settings([]).spin_us == 100
 
 
+def test_grpc_is_off_unless_a_port_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_settings([]).grpc_port is None
+    assert parse_settings(["--grpc-port", "8081"]).grpc_port == 8081
+    monkeypatch.setenv("GLORO_GRPC_PORT", "8081")  # as the images set it
+    assert parse_settings([]).grpc_port == 8081
+    assert parse_settings(["--grpc-port", "off"]).grpc_port is None
+    monkeypatch.setenv("GLORO_GRPC_PORT", "")
+    assert parse_settings([]).grpc_port is None
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
@@ -57,6 +67,9 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--cuda-wait", "block"], "--cuda-wait block applies to --backend torch only (the onnxruntime backend"),
         (["--spin-us", "-1"], "--spin-us:"),
         (["--backend", "torch", "--spin-us", "0"], "--spin-us 0 applies to --backend onnxruntime only"),
+        (["--grpc-port", "0"], "--grpc-port:"),
+        (["--grpc-port", "grpc"], "--grpc-port:"),
+        (["--port", "9000", "--grpc-port", "9000"], "--grpc-port 9000 is --port too"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

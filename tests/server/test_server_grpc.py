@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import grpc
 import httpx
@@ -14,7 +15,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from server_support import NO_TORCH_SERVER, ROOT, ServerProcess, free_port, metric_samples, promtool_check_metrics
+from fault_server import FAIL_PIXEL, HANG_PIXEL
+from server_support import NO_TORCH_SERVER, ROOT, TESTS, ServerProcess, free_port, metric_samples, promtool_check_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +49,13 @@ def status_of(call) -> tuple[str, str]:
 
 
 class GrpcServer(ServerProcess):
-    """A server process with --grpc-port on a free port, and a Triton client of it."""
+    """A server process with --grpc-port on a free port, and a Triton client of it; `faults`
+    serves through fault_server.py's misbehaving backend (its flags first)."""
 
-    def __init__(self, args: list[str] = ()) -> None:
+    def __init__(self, args: list[str] = (), faults: list[str] | None = None) -> None:
         self.grpc_port = free_port()
-        super().__init__(["--grpc-port", str(self.grpc_port), *args])
+        argv = None if faults is None else [sys.executable, str(TESTS / "fault_server.py"), *faults]
+        super().__init__(["--grpc-port", str(self.grpc_port), *args], argv=argv)
         self.target = f"127.0.0.1:{self.grpc_port}"
 
     def client(self) -> triton.InferenceServerClient:
@@ -69,6 +73,7 @@ def test_health_and_metadata_answer_as_tritons_client_reads_them(server) -> None
     client = server.client()
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(SHIPPED)
     assert client.is_model_ready(SHIPPED, "1")
+    assert status_of(lambda: client.is_model_ready("nope"))[0] == str(grpc.StatusCode.NOT_FOUND)
     assert client.get_server_metadata(as_json=True)["name"] == "gloro-serve"
     meta = client.get_model_metadata(SHIPPED, as_json=True)
     assert meta["versions"] == ["1"]
@@ -185,6 +190,32 @@ def test_requests_without_data_or_with_it_twice_are_refused(server, mnist_test) 
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ModelInfer(request)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in caught.value.details()
+
+
+def test_tritons_calls_beyond_the_protocol_are_unimplemented(server) -> None:
+    client = server.client()
+    for call in (lambda: client.get_model_config(SHIPPED), lambda: client.get_inference_statistics(SHIPPED),
+                 lambda: client.get_model_repository_index()):
+        assert status_of(call)[0] == str(grpc.StatusCode.UNIMPLEMENTED)
+
+
+def test_a_backend_fault_a_server_timeout_and_a_client_deadline(mnist_test) -> None:
+    x = digits(mnist_test[0], 1)
+    failing, hanging = x.copy(), x.copy()
+    failing[0, 0, 0, 0] = FAIL_PIXEL
+    hanging[0, 0, 0, 0] = HANG_PIXEL
+    with GrpcServer(["--request-timeout-s", "1"], faults=["--hang-s", "3"]) as process:
+        client = process.client()
+        status, details = status_of(lambda: client.infer(SHIPPED, [fp32_input(failing)]))
+        assert status == str(grpc.StatusCode.INTERNAL) and "inference failed" in details
+        status, details = status_of(lambda: client.infer(SHIPPED, [fp32_input(hanging)]))
+        assert status == str(grpc.StatusCode.DEADLINE_EXCEEDED) and "did not answer within 1 s" in details
+        status, _ = status_of(lambda: client.infer(SHIPPED, [fp32_input(hanging)], client_timeout=0.3))
+        assert status == str(grpc.StatusCode.DEADLINE_EXCEEDED)  # the client's own deadline
+        time.sleep(3.5)  # the hanging batches end
+        assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
+        metrics = process.metrics()
+        assert [infer_count(metrics, status) for status in ("500", "504", "499", "200")] == [1, 1, 1, 1]
 
 
 def test_grpc_calls_count_in_the_metrics_by_method_and_outcome(server, mnist_test) -> None:
