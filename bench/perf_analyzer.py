@@ -4,7 +4,10 @@ perf_analyzer's server-side breakdown read from the statistics extension.
 
     bash bench/install_perf_analyzer.sh
     python -m bench.perf_analyzer --model mnist --server 'default=' --server 'w2=--workers 2 --reuse-port' \\
-        --concurrency 1 8 64
+        --concurrency 1 8 64 --protocol http grpc
+
+With `--protocol http grpc` every server also serves gRPC (`--grpc-port`) and perf_analyzer measures
+it both ways in turn, each level in each protocol before the next level; the gRPC rows are LABEL-grpc.
 
 Every server named starts at once; each concurrency level loads them in turn (the same level for
 each before the next), so the servers are compared within one stretch of the machine's weather.
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ import numpy as np
 
 from bench.compare import CompareError, measured, parse_specs, server_parser, start_servers
 from bench.models import ROOT, ModelCase, mnist_digit, prepare, random_rgb
+from bench.serving import free_port
 
 PROG = "python -m bench.perf_analyzer"
 # perf_analyzer's CSV column -> this benchmark's name (latencies in microseconds)
@@ -50,13 +55,15 @@ def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
     return path
 
 
-def measure_one(exe: str, case: ModelCase, url: str, data: Path, concurrency: int, interval_ms: int,
-                stability: float, work: Path) -> dict[str, Any]:
-    """One perf_analyzer run at one concurrency: its CSV row, converted."""
+PROTOCOLS = ("http", "grpc")
+
+
+def measure_one(exe: str, case: ModelCase, address: str, protocol: str, data: Path, concurrency: int,
+                interval_ms: int, stability: float, work: Path) -> dict[str, Any]:
+    """One perf_analyzer run at one concurrency, to host:port `address` over `protocol`: its CSV row, converted."""
     report = work / "perf_analyzer.csv"
     report.unlink(missing_ok=True)
-    host = url.removeprefix("http://").split("/", 1)[0]
-    command = [exe, "-m", case.name, "-u", host, "-i", "http", "--input-data", str(data),
+    command = [exe, "-m", case.name, "-u", address, "-i", protocol, "--input-data", str(data),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
                "--stability-percentage", str(stability), "-f", str(report)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -67,25 +74,34 @@ def measure_one(exe: str, case: ModelCase, url: str, data: Path, concurrency: in
 
 
 def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int], interval_ms: int,
-                       work: Path, stability: float = DEFAULT_STABILITY) -> dict[str, Any]:
+                       work: Path, stability: float = DEFAULT_STABILITY,
+                       protocols: tuple[str, ...] = ("http",)) -> dict[str, Any]:
     exe = shutil.which("perf_analyzer")
     if exe is None:
         raise CompareError("perf_analyzer is not on PATH; install it with: bash bench/install_perf_analyzer.sh")
     specs = parse_specs(specs_text)
+    grpc_ports = {s.label: free_port() for s in specs} if "grpc" in protocols else {}
+    specs = [replace(s, flags=[*s.flags, "--grpc-port", str(grpc_ports[s.label])]) if grpc_ports else s
+             for s in specs]
     case = prepare(model, work)
     data = input_data(case, work / f"{case.key}-perf-analyzer-input.json")
     said = subprocess.run([exe, "--version"], capture_output=True, text=True)
     version = (said.stdout + said.stderr).strip()  # on stderr
-    rows: dict[str, dict[str, Any]] = {s.label: {} for s in specs}
+    rows: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         servers = start_servers(stack, specs, case, work, "perf-analyzer")
         for level in concurrency:
-            for label, server in servers.items():
-                rows[label][str(level)] = measure_one(exe, case, server.url, data, level, interval_ms, stability, work)
-                print(f"bench: {label} at concurrency {level}: {rows[label][str(level)]['infer_per_s']:,.0f} infer/s",
-                      flush=True)
+            for protocol in protocols:
+                for label, server in servers.items():
+                    if protocol == "grpc":
+                        row, address = f"{label}-grpc", f"127.0.0.1:{grpc_ports[label]}"
+                    else:
+                        row, address = label, server.url.removeprefix("http://").split("/", 1)[0]
+                    measured_row = measure_one(exe, case, address, protocol, data, level, interval_ms, stability, work)
+                    rows.setdefault(row, {})[str(level)] = measured_row
+                    print(f"bench: {row} at concurrency {level}: {measured_row['infer_per_s']:,.0f} infer/s", flush=True)
     return {"model": case.name, "weights": case.weights, "perf_analyzer": version, "interval_ms": interval_ms,
-            "stability_percentage": stability,
+            "stability_percentage": stability, "protocols": list(protocols),
             "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in specs}, "rows": rows}
 
 
@@ -108,14 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stability-percentage", type=float, default=DEFAULT_STABILITY,
                    help="perf_analyzer's: how far three windows in a row may differ for a level to count as "
                    "measured; it gives up after ten windows (a busy shared machine may need more)")
+    p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["http"],
+                   help="measure over these (grpc: each server also serves --grpc-port)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "perf_analyzer.json")
     args = p.parse_args(argv)
     if any(level < 1 for level in args.concurrency) or args.interval_ms < 100 or args.stability_percentage <= 0:
         p.error("--concurrency levels must be >= 1, --interval-ms >= 100 and --stability-percentage > 0")
+    if len(set(args.protocol)) != len(args.protocol):
+        p.error("--protocol names each protocol once")
 
     def measure(work: Path) -> dict[str, Any]:
         return perf_analyzer_runs(args.server, args.model, args.concurrency, args.interval_ms, work,
-                                  args.stability_percentage)
+                                  args.stability_percentage, tuple(args.protocol))
 
     result = measured(PROG, argv, args.out, measure)
     if result is None:

@@ -13,8 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from prometheus_client import CollectorRegistry
+
 from server.decode import DATATYPE_FP32
 from server.errors import BadRequest
+from server.model_config import triton_model_config
+from server.model_stats import triton_statistics
 from server.service import ModelService, Prediction
 
 INPUT = "input"
@@ -51,6 +55,18 @@ def model_metadata(service: ModelService) -> dict[str, Any]:
         ],
         "parameters": {"epsilon": spec.epsilon, "classes": spec.classes},
     }
+
+
+def model_configuration(service: ModelService) -> dict[str, Any]:
+    """The model configuration extension's answer: Triton's ModelConfig, in its JSON form."""
+    shapes = per_image_shapes(service)
+    outputs = {name: (datatype, shapes[name]) for name, (datatype, _) in OUTPUTS.items()}
+    return triton_model_config(service, outputs, INPUT, platform(service))
+
+
+def model_statistics(registry: CollectorRegistry, services: Iterable[ModelService]) -> dict[str, Any]:
+    """The statistics extension's answer for `services`, from the metrics in `registry`."""
+    return triton_statistics(registry, [(s.spec.name, s.spec.version) for s in services])
 
 
 def check_model(model_name: str | None, model_version: str | None, service: ModelService) -> None:

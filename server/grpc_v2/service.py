@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from server import package_version
@@ -26,8 +27,8 @@ from server.errors import BadRequest, GloroError, Unauthorized
 from server.grpc_v2.messages import SERVICE, message, methods
 from server.metrics import Metrics
 from server.middleware import API_KEY_HELP, carries_key
-from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_metadata,
-                                   output_bytes, output_tensor)
+from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_configuration,
+                                   model_metadata, model_statistics, output_bytes, output_tensor)
 from server.repository import InputSpec
 from server.service import ModelService, Models
 
@@ -48,8 +49,8 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
 CANCELLED_STATUS = 499
 # As on REST, the health calls need no API key
 PUBLIC_METHODS = frozenset({"ServerLive", "ServerReady"})
-# The protocol's gRPC extensions served: none (Triton's model configuration and statistics are REST only here)
-EXTENSIONS: list[str] = []
+# Triton's extensions served over gRPC (REST adds the binary tensor one, which gRPC's raw contents make moot)
+EXTENSIONS = ["model_configuration", "statistics"]
 
 
 class Call:
@@ -159,6 +160,22 @@ class OpenInferenceService:
             response.raw_output_contents.append(output_bytes(prediction, name))
         return response
 
+    async def model_config(self, request: Any, call: Call) -> Message:
+        service = self._service(request.name, request.version)
+        call.model = service.spec.name
+        config = json_format.ParseDict(model_configuration(service), message("ModelConfig")())
+        return message("ModelConfigResponse")(config=config)
+
+    async def model_statistics(self, request: Any, call: Call) -> Message:
+        """Every model's when the request names none, as Triton answers."""
+        if request.name:
+            services = [self._service(request.name, request.version)]
+            call.model = services[0].spec.name
+        else:
+            services = list(self.models.services.values())
+        statistics = model_statistics(self.metrics.current(), services)
+        return json_format.ParseDict(statistics, message("ModelStatisticsResponse")())
+
     def _authorise(self, context: grpc.aio.ServicerContext) -> None:
         if self.key is None:
             return
@@ -206,6 +223,8 @@ class OpenInferenceService:
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
             "ModelInfer": self.model_infer,
+            "ModelConfig": self.model_config,
+            "ModelStatistics": self.model_statistics,
         }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(

@@ -15,10 +15,8 @@ from server.budget import Hold
 from server.decode import parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.metrics import Metrics
-from server.model_config import triton_model_config
-from server.model_stats import triton_statistics
-from server.open_inference import (INPUT, OUTPUTS, check_input, check_model, check_output_asked, model_metadata,
-                                   output_bytes, output_tensor, per_image_shapes, platform)
+from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_configuration,
+                                   model_metadata, model_statistics, output_bytes, output_tensor)
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -164,9 +162,7 @@ class OpenInferenceAPI:
         return self._metadata(self.models.version(name, version))
 
     def _config(self, service: ModelService) -> Response:
-        shapes = per_image_shapes(service)
-        outputs = {name: (datatype, shapes[name]) for name, (datatype, _) in OUTPUTS.items()}
-        return FastJSONResponse(triton_model_config(service, outputs, INPUT, platform(service)))
+        return FastJSONResponse(model_configuration(service))
 
     async def config(self, name: str) -> Response:
         return self._config(self.models.get(name))
@@ -175,8 +171,7 @@ class OpenInferenceAPI:
         return self._config(self.models.version(name, version))
 
     def _statistics(self, services: list[ModelService]) -> Response:
-        pairs = [(s.spec.name, s.spec.version) for s in services]
-        return FastJSONResponse(triton_statistics(self.metrics.current(), pairs))
+        return FastJSONResponse(model_statistics(self.metrics.current(), services))
 
     async def all_statistics(self) -> Response:
         return self._statistics(list(self.models.services.values()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import tritonclient.grpc as triton_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_run import promtool
@@ -154,3 +155,17 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class GrpcServer(ServerProcess):
+    """A server process with --grpc-port on a free port, and a Triton client of it; `faults`
+    serves through fault_server.py's misbehaving backend (its flags first)."""
+
+    def __init__(self, args: list[str] = (), faults: list[str] | None = None) -> None:
+        self.grpc_port = free_port()
+        argv = None if faults is None else [sys.executable, str(TESTS / "fault_server.py"), *faults]
+        super().__init__(["--grpc-port", str(self.grpc_port), *args], argv=argv)
+        self.target = f"127.0.0.1:{self.grpc_port}"
+
+    def client(self) -> triton_grpc.InferenceServerClient:
+        return triton_grpc.InferenceServerClient(self.target)

@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from fault_server import FAIL_PIXEL, HANG_PIXEL
-from server_support import NO_TORCH_SERVER, ROOT, TESTS, ServerProcess, free_port, metric_samples, promtool_check_metrics
+from server_support import NO_TORCH_SERVER, ROOT, GrpcServer, free_port, metric_samples, promtool_check_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -48,20 +49,6 @@ def status_of(call) -> tuple[str, str]:
     return caught.value.status(), caught.value.message()
 
 
-class GrpcServer(ServerProcess):
-    """A server process with --grpc-port on a free port, and a Triton client of it; `faults`
-    serves through fault_server.py's misbehaving backend (its flags first)."""
-
-    def __init__(self, args: list[str] = (), faults: list[str] | None = None) -> None:
-        self.grpc_port = free_port()
-        argv = None if faults is None else [sys.executable, str(TESTS / "fault_server.py"), *faults]
-        super().__init__(["--grpc-port", str(self.grpc_port), *args], argv=argv)
-        self.target = f"127.0.0.1:{self.grpc_port}"
-
-    def client(self) -> triton.InferenceServerClient:
-        return triton.InferenceServerClient(self.target)
-
-
 @pytest.fixture(scope="module")
 def server():
     with GrpcServer(["--max-body-bytes", str(MAX_BODY), "--max-bytes-in-flight", str(4 * MAX_BODY)]) as process:
@@ -74,7 +61,9 @@ def test_health_and_metadata_answer_as_tritons_client_reads_them(server) -> None
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(SHIPPED)
     assert client.is_model_ready(SHIPPED, "1")
     assert status_of(lambda: client.is_model_ready("nope"))[0] == str(grpc.StatusCode.NOT_FOUND)
-    assert client.get_server_metadata(as_json=True)["name"] == "gloro-serve"
+    server_metadata = client.get_server_metadata(as_json=True)
+    assert server_metadata["name"] == "gloro-serve"
+    assert server_metadata["extensions"] == ["model_configuration", "statistics"]
     meta = client.get_model_metadata(SHIPPED, as_json=True)
     assert meta["versions"] == ["1"]
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32", ["-1", "1", "28", "28"])]
@@ -192,10 +181,27 @@ def test_requests_without_data_or_with_it_twice_are_refused(server, mnist_test) 
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in caught.value.details()
 
 
-def test_tritons_calls_beyond_the_protocol_are_unimplemented(server) -> None:
+def test_model_configuration_and_statistics_are_the_rest_extensions_answers(server, mnist_test) -> None:
     client = server.client()
-    for call in (lambda: client.get_model_config(SHIPPED), lambda: client.get_inference_statistics(SHIPPED),
-                 lambda: client.get_model_repository_index()):
+    client.infer(SHIPPED, [fp32_input(digits(mnist_test[0], 3))])
+    # read with Triton's own messages: the REST JSON parsed into them is the gRPC answer, field for field
+    rest_config = httpx.get(f"{server.url}/v2/models/{SHIPPED}/config").json()
+    config = client.get_model_config(SHIPPED).config
+    assert config == json_format.ParseDict(rest_config, model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 32 and config.parameters["epsilon"].string_value == "0.3"
+    rest_stats = httpx.get(f"{server.url}/v2/models/{SHIPPED}/stats").json()
+    stats = client.get_inference_statistics(SHIPPED)
+    assert stats == json_format.ParseDict(rest_stats, service_pb2.ModelStatisticsResponse())
+    assert stats.model_stats[0].inference_count >= 3
+    every = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert sorted(m["name"] for m in every) == ["mnist-2c2f", "mnist-4c3f"]
+    assert status_of(lambda: client.get_model_config("nope"))[0] == str(grpc.StatusCode.NOT_FOUND)
+
+
+def test_tritons_calls_beyond_those_are_unimplemented(server) -> None:
+    client = server.client()
+    for call in (client.get_model_repository_index, client.get_system_shared_memory_status,
+                 client.get_trace_settings, client.get_log_settings):
         assert status_of(call)[0] == str(grpc.StatusCode.UNIMPLEMENTED)
 
 

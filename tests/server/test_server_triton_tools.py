@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from server_support import ServerProcess
+from server_support import GrpcServer
 
 pytestmark = pytest.mark.e2e
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def workers(tiny_repo: Path):
     """Two server processes on one port, the kernel spreading connections between them."""
-    with ServerProcess(["--repository", str(tiny_repo), "--default-model", "tiny", "--workers", "2",
-                        "--reuse-port", "--max-batch-size", "16"]) as process:
+    with GrpcServer(["--repository", str(tiny_repo), "--default-model", "tiny", "--workers", "2",
+                     "--reuse-port", "--max-batch-size", "16"]) as process:
         yield process
 
 
@@ -67,14 +67,16 @@ def perf_analyzer_input(images: np.ndarray, path: Path) -> Path:
     return path
 
 
-def test_perf_analyzer_measures_the_server_with_server_side_numbers(workers, mnist_test, tmp_path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_measures_the_server_with_server_side_numbers(workers, mnist_test, tmp_path, protocol) -> None:
     exe = shutil.which("perf_analyzer")
     if exe is None:
         pytest.skip("perf_analyzer is not installed (bash bench/install_perf_analyzer.sh)")
     fails_before = statistics(workers.url)["inference_stats"]["fail"]["count"]
     report = tmp_path / "report.csv"
     run = subprocess.run(
-        [exe, "-m", "tiny", "-u", workers.url.removeprefix("http://"), "-i", "http",
+        [exe, "-m", "tiny", "-u", workers.url.removeprefix("http://") if protocol == "http" else workers.target,
+         "-i", protocol,
          "--input-data", str(perf_analyzer_input(mnist_test[0][:8], tmp_path / "digits.json")),
          "--concurrency-range", "1:4:3", "--measurement-interval", "1000", "-f", str(report),
          "--stability-percentage", "500"],  # behaviour, not figures: a busy machine must not fail it
