@@ -8,10 +8,14 @@ second server started on the same port fails instead of taking half its calls.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from types import FrameType
 
 import grpc
 
@@ -47,18 +51,61 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals uvicorn drains on
+
+
+@contextmanager
+def on_stop_signal(begin: Callable[[], None]) -> Iterator[None]:
+    """Call `begin` on the event loop as soon as a stop signal arrives, then let the handler that
+    was there (uvicorn's) have it. uvicorn drains its HTTP connections before the lifespan ends;
+    a gRPC server stopped only then would take new calls all through that drain and then drain
+    for as long again. In the main thread only (where signal handlers live)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(begin)
+        before = previous[sig]
+        if callable(before):
+            before(sig, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+
 @asynccontextmanager
 async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metrics,
                        budget: InFlightBytes) -> AsyncIterator[grpc.aio.Server]:
-    """Serve `models` over gRPC until the block ends; then calls in progress may finish for up to
-    --drain-s, and new ones are refused."""
+    """Serve `models` over gRPC until the block ends or a stop signal arrives, whichever is first;
+    then new calls are refused and those in progress may finish for up to --drain-s, as uvicorn
+    drains HTTP at the same time."""
     assert settings.grpc_port is not None
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     server = grpc.aio.server(options=server_options(settings))
     server.add_generic_rpc_handlers((OpenInferenceService(models, metrics, budget, api_key).handler(),))
     server.add_insecure_port(address(settings.host, settings.grpc_port))
     await server.start()
+    stopping: list[asyncio.Task] = []
+
+    def begin_stop() -> None:
+        if not stopping:
+            stopping.append(asyncio.ensure_future(server.stop(settings.drain_s)))
+
     try:
-        yield server
+        with on_stop_signal(begin_stop):
+            yield server
     finally:
-        await server.stop(settings.drain_s)
+        begin_stop()
+        await stopping[0]

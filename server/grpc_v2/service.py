@@ -27,10 +27,10 @@ from server.errors import BadRequest, GloroError, Unauthorized
 from server.grpc_v2.messages import SERVICE, message, methods
 from server.metrics import Metrics
 from server.middleware import API_KEY_HELP, carries_key
-from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_configuration,
+from server.open_inference import (OUTPUTS, check_input, check_output_asked, model_configuration,
                                    model_metadata, model_statistics, output_bytes, output_tensor)
 from server.repository import InputSpec
-from server.service import ModelService, Models
+from server.service import ModelService, Models, Prediction
 
 log = logging.getLogger("server.grpc")
 
@@ -56,11 +56,34 @@ EXTENSIONS = ["model_configuration", "statistics"]
 class Call:
     """One call's model (for its metrics) and what it holds of the process's in-flight bytes."""
 
-    __slots__ = ("model", "hold")
+    __slots__ = ("model", "hold", "queued")
 
     def __init__(self, budget: InFlightBytes) -> None:
         self.model = ""
         self.hold = Hold(budget)
+        self.queued: asyncio.Future | None = None  # its request in the batcher, when it left one behind
+
+    async def answered(self, prediction: Awaitable[Prediction]) -> Prediction:
+        """`prediction`, awaited. A call its client cancels (or whose deadline passes) leaves its
+        request in the batcher, as a REST client that hangs up does: its input stays counted
+        until the batch has answered it, so cancelling frees no budget early."""
+        work = asyncio.ensure_future(prediction)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.queued = work
+            raise
+
+    def release(self) -> None:
+        if self.queued is None or self.queued.done():
+            self.hold.release()
+        else:
+            self.queued.add_done_callback(self._release_after)
+
+    def _release_after(self, work: asyncio.Future) -> None:
+        if not work.cancelled():
+            work.exception()  # seen: nobody is left to read it
+        self.hold.release()
 
 
 Handler = Callable[[Any, Call], Awaitable[Message]]
@@ -91,7 +114,7 @@ def input_tensor(request: Any, spec: InputSpec, hold: Hold) -> np.ndarray:
         others = [field.name for field, _ in contents.ListFields() if field.name != "fp32_contents"]
         if others:
             raise BadRequest(f"input contents in {others[0]}: an FP32 input's values go in fp32_contents")
-        array = tensor_from_list(list(contents.fp32_contents), shape, spec)
+        array = tensor_from_list(np.asarray(contents.fp32_contents, dtype=np.float32), shape, spec)
     else:
         raise BadRequest("input has neither contents nor raw_input_contents")
     hold.take(array.nbytes, "the decoded input")
@@ -129,30 +152,26 @@ class OpenInferenceService:
 
     async def model_ready(self, request: Any, call: Call) -> Message:
         service = self._service(request.name, request.version)
-        call.model = service.spec.name
         return message("ModelReadyResponse")(ready=service.ready)
 
     async def server_metadata(self, request: Any, call: Call) -> Message:
         return message("ServerMetadataResponse")(name="gloro-serve", version=package_version(), extensions=EXTENSIONS)
 
     async def model_metadata(self, request: Any, call: Call) -> Message:
-        service = self._service(request.name, request.version)
-        call.model = service.spec.name
-        metadata = model_metadata(service)
+        metadata = model_metadata(self._service(request.name, request.version))
         del metadata["parameters"]  # not in the gRPC message
         return message("ModelMetadataResponse")(**metadata)
 
     async def model_infer(self, request: Any, call: Call) -> Message:
         service = self._service(request.model_name, request.model_version)
         spec = service.spec
-        call.model = spec.name
-        check_model(request.model_name, request.model_version, service)
+        call.model = spec.name  # as on REST, only inference requests count as the model's (its statistics)
         call.hold.take(request.ByteSize(), "the request message")
         inputs = input_tensor(request, spec.manifest.input, call.hold)
         wanted = requested_outputs(request)  # bad asks refused before the model runs
         asked = request.parameters["epsilon"] if "epsilon" in request.parameters else None
         epsilon = parse_epsilon(None if asked is None else parameter_value(asked), spec.epsilon)
-        prediction = await service.predict(inputs, epsilon)
+        prediction = await call.answered(service.predict(inputs, epsilon))
         response = message("ModelInferResponse")(model_name=spec.name, model_version=spec.version, id=request.id)
         response.parameters["epsilon"].double_param = prediction.epsilon
         for name in wanted:
@@ -162,7 +181,6 @@ class OpenInferenceService:
 
     async def model_config(self, request: Any, call: Call) -> Message:
         service = self._service(request.name, request.version)
-        call.model = service.spec.name
         config = json_format.ParseDict(model_configuration(service), message("ModelConfig")())
         return message("ModelConfigResponse")(config=config)
 
@@ -170,7 +188,6 @@ class OpenInferenceService:
         """Every model's when the request names none, as Triton answers."""
         if request.name:
             services = [self._service(request.name, request.version)]
-            call.model = services[0].spec.name
         else:
             services = list(self.models.services.values())
         statistics = model_statistics(self.metrics.current(), services)
@@ -209,7 +226,7 @@ class OpenInferenceService:
                 log.exception("unexpected error in %s", route)
                 code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
             finally:
-                call.hold.release()
+                call.release()
                 self.metrics.record_request(call.model, route, status, time.perf_counter() - started)
             await context.abort(code, details)
 

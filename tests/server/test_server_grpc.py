@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -198,6 +199,20 @@ def test_model_configuration_and_statistics_are_the_rest_extensions_answers(serv
     assert status_of(lambda: client.get_model_config("nope"))[0] == str(grpc.StatusCode.NOT_FOUND)
 
 
+def test_only_inference_calls_count_in_the_models_statistics(server) -> None:
+    """As on REST: metadata, readiness, configuration and statistics calls are not inferences."""
+    client = server.client()
+
+    def successes() -> int:
+        return client.get_inference_statistics(SHIPPED).model_stats[0].inference_stats.success.count
+
+    before = successes()
+    client.get_model_metadata(SHIPPED)
+    client.is_model_ready(SHIPPED)
+    client.get_model_config(SHIPPED)
+    assert successes() == before
+
+
 def test_tritons_calls_beyond_those_are_unimplemented(server) -> None:
     client = server.client()
     for call in (client.get_model_repository_index, client.get_system_shared_memory_status,
@@ -280,3 +295,42 @@ def test_a_taken_grpc_port_is_a_one_line_error() -> None:
 def test_the_grpc_port_cannot_be_the_http_port() -> None:
     run = _serve("--port", "8123", "--grpc-port", "8123")
     assert run.returncode == 2 and "gRPC needs a port of its own" in run.stderr
+
+
+def test_a_cancelled_call_holds_its_bytes_until_its_batch_has_answered(mnist_test) -> None:
+    """A client cannot free the in-flight budget early by cancelling: the request stays in its batch."""
+    x = digits(mnist_test[0], 1)
+    hanging = x.copy()
+    hanging[0, 0, 0, 0] = HANG_PIXEL
+    # one digit: a 3.2 KB message, decoded to 3,136 bytes; two such calls do not fit in 8 KB
+    limits = ["--max-body-bytes", "4096", "--max-bytes-in-flight", "8192"]
+    with GrpcServer(limits, faults=["--hang-s", "2"]) as process:
+        client = process.client()
+        status, _ = status_of(lambda: client.infer(SHIPPED, [fp32_input(hanging)], client_timeout=0.3))
+        assert status == str(grpc.StatusCode.DEADLINE_EXCEEDED)
+        status, details = status_of(lambda: client.infer(SHIPPED, [fp32_input(x)]))
+        assert status == str(grpc.StatusCode.UNAVAILABLE) and "--max-bytes-in-flight" in details
+        time.sleep(2.5)  # the hanging batch answers the request nobody waits for
+        assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
+
+
+def test_sigterm_stops_grpc_at_once_while_http_drains(mnist_test) -> None:
+    """On SIGTERM both transports drain together: gRPC refuses new calls at once, while an HTTP request
+    still in progress keeps the process up, and a gRPC call in progress is answered."""
+    x = digits(mnist_test[0], 1)
+    hanging = x.copy()
+    hanging[0, 0, 0, 0] = HANG_PIXEL
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": hanging.ravel().tolist()}]}
+    with GrpcServer(["--max-delay-ms", "0"], faults=["--hang-s", "3"]) as process:
+        with ThreadPoolExecutor(2) as pool:
+            rest = pool.submit(httpx.post, f"{process.url}/v2/models/{SHIPPED}/infer", json=body, timeout=30)
+            in_progress = pool.submit(process.client().infer, SHIPPED, [fp32_input(hanging)])
+            time.sleep(0.5)
+            process.terminate()
+            time.sleep(0.5)
+            status, _ = status_of(lambda: process.client().infer(SHIPPED, [fp32_input(x)], client_timeout=5))
+            assert status == str(grpc.StatusCode.UNAVAILABLE)
+            assert process.process.poll() is None  # HTTP is still draining
+            assert rest.result().status_code == 200
+            assert in_progress.result().as_numpy("label").shape == (1,)
+        assert process.process.wait(20) == 0, process.output()
