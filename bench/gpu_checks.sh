@@ -9,7 +9,9 @@
 # already there) the wheels carried on 2026-12-04 were fastapi, starlette, uvicorn, pydantic,
 # pydantic-core, pydantic-settings, python-dotenv, annotated-types, typing-inspection,
 # typing-extensions, opentelemetry-api (fastapi 0.165 imports it), orjson, python-multipart,
-# httptools, pyspng, pybase64 and py-spy, each the version this project's venv has.
+# httptools, pyspng, pybase64 and py-spy, each the version this project's venv has. (Since
+# 2026-12-05 the server also depends on grpcio and protobuf, imported only with --grpc-port,
+# which these checks do not set: carry them too if a check ever does.)
 # Results go to $OUT (default /tmp/gpu-checks): gpu.txt, cuda-tests.log, compare-gpu.json and
 # compare.log, compare-gpu-mps.json and compare-mps.log (MPS),
 # bench.log and benchmarks.json (`python -m bench.report benchmarks.json

@@ -12,10 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
-import tritonclient.grpc as triton_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_run import promtool
@@ -167,5 +167,8 @@ class GrpcServer(ServerProcess):
         super().__init__(["--grpc-port", str(self.grpc_port), *args], argv=argv)
         self.target = f"127.0.0.1:{self.grpc_port}"
 
-    def client(self) -> triton_grpc.InferenceServerClient:
+    def client(self) -> Any:
+        """tritonclient.grpc's client (imported here: the other tests need no gRPC packages)."""
+        import tritonclient.grpc as triton_grpc
+
         return triton_grpc.InferenceServerClient(self.target)
