@@ -3,12 +3,16 @@ server/routes/v2.py, gRPC in server/grpc_v2/): the tensors' names and types, the
 and the checks of an inference request's model, input and outputs.
 
 One input, `input` FP32 [-1, C, H, W]; outputs `label` INT64 [-1], `certified` BOOL [-1],
-`radius` FP32 [-1], `logits` FP32 [-1, m]; eps in the request's `parameters.epsilon`.
+`radius` FP32 [-1], `logits` FP32 [-1, m]; eps in the request's `parameters.epsilon`. With Triton's
+classification extension an output asked for with `parameters.classification` k is `logits` as its
+top k classes instead: BYTES [-1, k], each "logit:index:class name", the highest first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,25 +92,62 @@ def check_input(names: list[str], datatype: str) -> None:
         raise BadRequest(f"input datatype {datatype[:16]!r}: this model takes {DATATYPE_FP32}")
 
 
-def check_output_asked(name: str, parameters: Iterable[str], wanted: Iterable[str]) -> None:
-    """One output a request names, with its parameters' keys, against those named before it."""
+def check_output_asked(name: str, parameters: Mapping[str, Any], wanted: Iterable[str]) -> int | None:
+    """One output a request names, with its parameters, against those named before it: the number
+    of top classes it asks for (classification extension), or None for the tensor itself."""
     if name not in OUTPUTS:
         raise BadRequest(f"unknown output {name[:32]!r}; outputs are {', '.join(OUTPUTS)}")
     if name in wanted:
         raise BadRequest(f"output {name!r} is asked for twice")
-    if "classification" in parameters:
-        raise BadRequest(f"output {name!r}: the classification extension (class_count) is not "
-                         "supported; ask for logits and take the top classes")
+    count = parameters.get("classification")
+    if count is None:
+        return None
+    if name != "logits":
+        raise BadRequest(f"output {name!r}: classification (class_count) ranks the classes of logits only")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise BadRequest(f"output {name!r}: classification must be an integer >= 1, not {str(count)[:20]!r}")
+    return count
 
 
-def output_tensor(prediction: Prediction, name: str) -> np.ndarray:
-    """The output called `name`, as the model's array (not yet in its wire dtype)."""
-    if name == "certified":
-        return prediction.certified
-    return getattr(prediction.output, name)
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output of an answer, as the protocol carries it."""
+
+    name: str
+    datatype: str
+    values: np.ndarray  # in the wire dtype; BYTES as an object array of str
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.values.shape)
+
+    def json_data(self) -> Any:
+        """The flat `data` list of the JSON answer (orjson writes numeric arrays itself)."""
+        return self.values.ravel().tolist() if self.datatype == "BYTES" else self.values.ravel()
+
+    def raw(self) -> bytes:
+        """The binary extension's and gRPC's raw bytes: little-endian and row-major, BOOL one byte
+        an element, BYTES each element's UTF-8 after its length as 4 bytes."""
+        if self.datatype == "BYTES":
+            encoded = [text.encode() for text in self.values.ravel()]
+            return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+        return np.ascontiguousarray(self.values).tobytes()
 
 
-def output_bytes(prediction: Prediction, name: str) -> bytes:
-    """The output called `name` as the binary extension and gRPC's raw contents carry it:
-    little-endian, row-major, BOOL one byte an element."""
-    return np.ascontiguousarray(output_tensor(prediction, name), dtype=OUTPUTS[name][1]).tobytes()
+def top_classes(prediction: Prediction, count: int) -> np.ndarray:
+    """Each image's `count` highest logits (all of them when it has fewer classes, as Triton
+    clamps), the highest first, as Triton's "value:index:label" strings."""
+    logits = prediction.output.logits
+    names = prediction.spec.classes
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :count]
+    rows = [[f"{row[i]:f}:{i}:{names[i]}" for i in indices] for row, indices in zip(logits, order)]
+    return np.array(rows, dtype=object).reshape(len(rows), -1)
+
+
+def output_tensor(prediction: Prediction, name: str, classes: int | None = None) -> OutputTensor:
+    """The output called `name` (its top `classes` classes when asked for) in its wire form."""
+    if classes is not None:
+        return OutputTensor(name, "BYTES", top_classes(prediction, classes))
+    datatype, dtype = OUTPUTS[name]
+    array = prediction.certified if name == "certified" else getattr(prediction.output, name)
+    return OutputTensor(name, datatype, np.asarray(array, dtype=dtype))

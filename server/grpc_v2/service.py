@@ -28,7 +28,7 @@ from server.grpc_v2.messages import SERVICE, message, methods
 from server.metrics import Metrics
 from server.middleware import API_KEY_HELP, carries_key
 from server.open_inference import (OUTPUTS, check_input, check_output_asked, model_configuration,
-                                   model_metadata, model_statistics, output_bytes, output_tensor)
+                                   model_metadata, model_statistics, output_tensor)
 from server.repository import InputSpec
 from server.service import ModelService, Models, Prediction
 
@@ -50,7 +50,7 @@ CANCELLED_STATUS = 499
 # As on REST, the health calls need no API key
 PUBLIC_METHODS = frozenset({"ServerLive", "ServerReady"})
 # Triton's extensions served over gRPC (REST adds the binary tensor one, which gRPC's raw contents make moot)
-EXTENSIONS = ["model_configuration", "statistics"]
+EXTENSIONS = ["classification", "model_configuration", "statistics"]
 
 
 class Call:
@@ -121,13 +121,14 @@ def input_tensor(request: Any, spec: InputSpec, hold: Hold) -> np.ndarray:
     return array
 
 
-def requested_outputs(request: Any) -> list[str]:
-    """The outputs asked for, in order; all of them when none is named."""
-    wanted: list[str] = []
+def requested_outputs(request: Any) -> list[tuple[str, int | None]]:
+    """(name, top classes asked for or None) of each output asked for, in order; all of them when
+    none is named."""
+    wanted: dict[str, int | None] = {}
     for output in request.outputs:
-        check_output_asked(output.name, output.parameters.keys(), wanted)
-        wanted.append(output.name)
-    return wanted or list(OUTPUTS)
+        parameters = {key: parameter_value(value) for key, value in output.parameters.items()}
+        wanted[output.name] = check_output_asked(output.name, parameters, wanted)
+    return list(wanted.items()) or [(name, None) for name in OUTPUTS]
 
 
 class OpenInferenceService:
@@ -174,9 +175,10 @@ class OpenInferenceService:
         prediction = await call.answered(service.predict(inputs, epsilon))
         response = message("ModelInferResponse")(model_name=spec.name, model_version=spec.version, id=request.id)
         response.parameters["epsilon"].double_param = prediction.epsilon
-        for name in wanted:
-            response.outputs.add(name=name, datatype=OUTPUTS[name][0], shape=output_tensor(prediction, name).shape)
-            response.raw_output_contents.append(output_bytes(prediction, name))
+        for name, classes in wanted:
+            tensor = output_tensor(prediction, name, classes)
+            response.outputs.add(name=name, datatype=tensor.datatype, shape=tensor.shape)
+            response.raw_output_contents.append(tensor.raw())
         return response
 
     async def model_config(self, request: Any, call: Call) -> Message:

@@ -4,7 +4,7 @@ protocol's tensors and checks are server/open_inference.py's, shared with gRPC (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import Request
@@ -16,7 +16,7 @@ from server.decode import parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, parse_wire
 from server.metrics import Metrics
 from server.open_inference import (OUTPUTS, check_input, check_model, check_output_asked, model_configuration,
-                                   model_metadata, model_statistics, output_bytes, output_tensor)
+                                   model_metadata, model_statistics, output_tensor)
 from server.responses import FastJSONResponse, dumps
 from server.routes import Route, header, inline_schema, path_parameter, read_body
 from server.service import ModelService, Models, Prediction
@@ -96,32 +96,41 @@ def _flag(parameters: dict[str, Any] | None, key: str, default: bool, where: str
     return value
 
 
-def _requested_outputs(request: InferRequest) -> list[tuple[str, bool]]:
-    """(name, binary) for each output asked for; all of them when none is named (an empty list too:
-    an answer with no outputs is of no use)."""
+class Asked(NamedTuple):
+    """An output a request asks for: in binary or JSON, and as its top classes or itself."""
+
+    name: str
+    binary: bool
+    classes: int | None
+
+
+def _requested_outputs(request: InferRequest) -> list[Asked]:
+    """Each output asked for; all of them when none is named (an empty list too: an answer with no
+    outputs is of no use)."""
     binary_default = _flag(request.parameters, "binary_data_output", False, "")
     if not request.outputs:
-        return [(name, binary_default) for name in OUTPUTS]
-    wanted: dict[str, bool] = {}
+        return [Asked(name, binary_default, None) for name in OUTPUTS]
+    wanted: dict[str, Asked] = {}
     for output in request.outputs:
-        check_output_asked(output.name, output.parameters or {}, wanted)
-        wanted[output.name] = _flag(output.parameters, "binary_data", binary_default, f"output {output.name!r}: ")
-    return list(wanted.items())
+        classes = check_output_asked(output.name, output.parameters or {}, wanted)
+        binary = _flag(output.parameters, "binary_data", binary_default, f"output {output.name!r}: ")
+        wanted[output.name] = Asked(output.name, binary, classes)
+    return list(wanted.values())
 
 
-def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], prediction: Prediction) -> Response:
+def encode_response(request: InferRequest, wanted: list[Asked], prediction: Prediction) -> Response:
     """The answer holding the `wanted` outputs (`_requested_outputs`), each in JSON or binary."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, binary in wanted:
-        array = output_tensor(prediction, name)
-        entry: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name][0], "shape": list(array.shape)}
-        if binary:
-            blob = output_bytes(prediction, name)
+    for asked in wanted:
+        tensor = output_tensor(prediction, asked.name, asked.classes)
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if asked.binary:
+            blob = tensor.raw()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.ravel()
+            entry["data"] = tensor.json_data()
         outputs.append(entry)
     body: dict[str, Any] = {
         "model_name": prediction.spec.name,
@@ -141,7 +150,7 @@ def encode_response(request: InferRequest, wanted: list[tuple[str, bool]], predi
     )
 
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 
 
 class OpenInferenceAPI:

@@ -152,7 +152,8 @@ def test_v2_json_and_selected_outputs(client, mnist_test) -> None:
 
 
 def test_v2_metadata_and_health(client) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification", "model_configuration",
+                                                      "statistics"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {
@@ -271,8 +272,12 @@ def test_v2_outputs_an_empty_list_asks_for_all_and_bad_asks_are_400(client, mnis
     assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["label", "certified", "radius", "logits"]
     bad = {
         "asked twice": ([{"name": "label"}, {"name": "label"}], None, "output 'label' is asked for twice"),
-        "class_count": ([{"name": "logits", "parameters": {"classification": 3}}], None,
-                        "the classification extension (class_count) is not supported"),
+        "class_count of a label": ([{"name": "label", "parameters": {"classification": 3}}], None,
+                                   "output 'label': classification (class_count) ranks the classes of logits only"),
+        "class_count 0": ([{"name": "logits", "parameters": {"classification": 0}}], None,
+                          "classification must be an integer >= 1, not '0'"),
+        "class_count as text": ([{"name": "logits", "parameters": {"classification": "3"}}], None,
+                                "classification must be an integer >= 1, not '3'"),
         "binary_data as text": ([{"name": "label", "parameters": {"binary_data": "false"}}], None,
                                 "output 'label': parameters.binary_data must be true or false, not 'false'"),
         "binary_data_output as a number": (None, {"binary_data_output": 1},

@@ -63,6 +63,25 @@ def test_tritonclient_defaults_match_the_image_api(server, mnist_test) -> None:
         client.infer("nope", [tensor])
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_classification_gives_the_top_logits_highest_first(server, mnist_test, binary) -> None:
+    x = (mnist_test[0][:5].astype(np.float32) / 255).reshape(5, 1, 28, 28)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    logits = client.infer("tiny", [tensor]).as_numpy("logits")
+    classes = client.get_model_metadata("tiny")["parameters"]["classes"]
+    asked = [triton.InferRequestedOutput("logits", binary_data=binary, class_count=2)]
+    top = client.infer("tiny", [tensor], outputs=asked).as_numpy("logits")
+    assert top.shape == (5, 2)
+    for row, scores in zip(top, logits):
+        entries = [(e.decode() if isinstance(e, bytes) else e).split(":") for e in row]
+        order = np.argsort(-scores, kind="stable")[:2].tolist()
+        assert [int(index) for _, index, _ in entries] == order
+        assert [name for _, _, name in entries] == [classes[i] for i in order]
+        assert [float(value) for value, _, _ in entries] == pytest.approx(scores[order].tolist(), abs=1e-6)
+
+
 @pytest.mark.parametrize("compression", ["gzip", "deflate"])
 def test_tritonclient_compressed_requests_get_the_answers_of_plain_ones(server, mnist_test, compression) -> None:
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))

@@ -64,7 +64,7 @@ def test_health_and_metadata_answer_as_tritons_client_reads_them(server) -> None
     assert status_of(lambda: client.is_model_ready("nope"))[0] == str(grpc.StatusCode.NOT_FOUND)
     server_metadata = client.get_server_metadata(as_json=True)
     assert server_metadata["name"] == "gloro-serve"
-    assert server_metadata["extensions"] == ["model_configuration", "statistics"]
+    assert server_metadata["extensions"] == ["classification", "model_configuration", "statistics"]
     meta = client.get_model_metadata(SHIPPED, as_json=True)
     assert meta["versions"] == ["1"]
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32", ["-1", "1", "28", "28"])]
@@ -110,6 +110,24 @@ def test_outputs_come_as_asked_in_that_order(server, mnist_test) -> None:
     assert result.as_numpy("label").shape == (4,) and result.as_numpy("logits") is None
 
 
+def test_classification_gives_each_images_top_classes_as_triton_writes_them(server, mnist_test) -> None:
+    x = digits(mnist_test[0], 4)
+    client = server.client()
+    logits = client.infer(SHIPPED, [fp32_input(x)]).as_numpy("logits")
+    asked = [triton.InferRequestedOutput("logits", class_count=3), triton.InferRequestedOutput("label")]
+    result = client.infer(SHIPPED, [fp32_input(x)], outputs=asked)
+    top = result.as_numpy("logits")
+    assert top.shape == (4, 3) and result.get_response().outputs[0].datatype == "BYTES"
+    for row, scores in zip(top, logits):
+        values, indices, names = zip(*(entry.decode().split(":") for entry in row))
+        assert [int(i) for i in indices] == np.argsort(-scores, kind="stable")[:3].tolist()
+        assert [float(v) for v in values] == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-6)
+        assert list(names) == list(indices)  # the shipped model's class names are its digits
+    assert [int(row[0].decode().split(":")[1]) for row in top] == result.as_numpy("label").tolist()
+    every = client.infer(SHIPPED, [fp32_input(x)], outputs=[triton.InferRequestedOutput("logits", class_count=50)])
+    assert every.as_numpy("logits").shape == (4, 10)  # no more classes than the model has, as Triton clamps
+
+
 def test_typed_contents_from_tritons_own_stub_give_the_raw_answer(server, mnist_test) -> None:
     x = digits(mnist_test[0], 3)
     request = service_pb2.ModelInferRequest(model_name=SHIPPED)
@@ -130,7 +148,7 @@ def _bad_requests(x: np.ndarray) -> dict[str, tuple[dict, grpc.StatusCode, str]]
     wide = np.zeros((1, 1, 27, 28), np.float32)
     fp64 = triton.InferInput("input", [1, 1, 28, 28], "FP64")
     fp64.set_data_from_numpy(x[:1].astype(np.float64))
-    classify = triton.InferRequestedOutput("logits", class_count=3)
+    classify = triton.InferRequestedOutput("label", class_count=3)
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     return {
         "wrong shape": ({"inputs": [fp32_input(wide)]}, invalid, "model expects [-1, 1, 28, 28]"),
@@ -140,7 +158,7 @@ def _bad_requests(x: np.ndarray) -> dict[str, tuple[dict, grpc.StatusCode, str]]
         "input misnamed": ({"inputs": [fp32_input(x, "image")]}, invalid, "exactly one input named 'input'"),
         "two inputs": ({"inputs": [fp32_input(x), fp32_input(x)]}, invalid, "exactly one input"),
         "unknown output": ({"outputs": [triton.InferRequestedOutput("softmax")]}, invalid, "unknown output"),
-        "classification": ({"outputs": [classify]}, invalid, "classification extension"),
+        "classification of a label": ({"outputs": [classify]}, invalid, "ranks the classes of logits only"),
         "negative epsilon": ({"parameters": {"epsilon": -0.1}}, invalid, "epsilon must be a finite number >= 0"),
         "epsilon a word": ({"parameters": {"epsilon": "small"}}, invalid, "epsilon must be a number"),
         "epsilon a bool": ({"parameters": {"epsilon": True}}, invalid, "epsilon must be a number"),
