@@ -20,6 +20,7 @@ from types import FrameType
 import grpc
 
 from server.budget import InFlightBytes
+from server.grpc_v2.health import HealthService
 from server.grpc_v2.service import OpenInferenceService
 from server.metrics import Metrics
 from server.service import Models
@@ -94,13 +95,15 @@ async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metric
     assert settings.grpc_port is not None
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     server = grpc.aio.server(options=server_options(settings))
-    server.add_generic_rpc_handlers((OpenInferenceService(models, metrics, budget, api_key).handler(),))
+    health = HealthService(models, metrics)
+    server.add_generic_rpc_handlers((OpenInferenceService(models, metrics, budget, api_key).handler(), health.handler()))
     server.add_insecure_port(address(settings.host, settings.grpc_port))
     await server.start()
     stopping: list[asyncio.Task] = []
 
     def begin_stop() -> None:
         if not stopping:
+            health.draining = True
             stopping.append(asyncio.ensure_future(server.stop(settings.drain_s)))
 
     try:

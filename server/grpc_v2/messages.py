@@ -16,7 +16,9 @@ from google.protobuf.message import Message
 
 PACKAGE = "inference"
 SERVICE = f"{PACKAGE}.GRPCInferenceService"
-DESCRIPTOR_SET = Path(__file__).resolve().parent / "open_inference.binpb"
+HEALTH_PACKAGE = "grpc.health.v1"
+HEALTH_SERVICE = f"{HEALTH_PACKAGE}.Health"
+DESCRIPTOR_SET = Path(__file__).resolve().parent / "open_inference.binpb"  # open_inference.proto, health.proto
 
 
 @functools.cache
@@ -29,15 +31,15 @@ def _pool() -> descriptor_pool.DescriptorPool:
 
 
 @functools.cache
-def message(name: str) -> type[Message]:
-    """The class of message `name` of the protocol ("ModelInferRequest", "ModelInferResponse.InferOutputTensor")."""
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+def message(name: str, package: str = PACKAGE) -> type[Message]:
+    """The class of message `name` of `package` ("ModelInferRequest", "ModelInferResponse.InferOutputTensor")."""
+    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{package}.{name}"))
 
 
-def methods() -> dict[str, tuple[type[Message], type[Message]]]:
-    """Each call of the service: its name -> (request class, response class)."""
-    service = _pool().FindServiceByName(SERVICE)
+def methods(service: str = SERVICE) -> dict[str, tuple[type[Message], type[Message]]]:
+    """Each call of `service` (a full name): its name -> (request class, response class)."""
     return {
-        method.name: (message(method.input_type.name), message(method.output_type.name))
-        for method in service.methods
+        method.name: (message_factory.GetMessageClass(method.input_type),
+                      message_factory.GetMessageClass(method.output_type))
+        for method in _pool().FindServiceByName(service).methods
     }

@@ -352,3 +352,37 @@ def test_sigterm_stops_grpc_at_once_while_http_drains(mnist_test) -> None:
             assert rest.result().status_code == 200
             assert in_progress.result().as_numpy("label").shape == (1,)
         assert process.process.wait(20) == 0, process.output()
+
+
+def test_grpcs_health_protocol_says_serving_and_names_unknown_services(server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        watched = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watched).status == health_pb2.HealthCheckResponse.SERVING
+        watched.cancel()
+        unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"))
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
+
+
+def test_a_health_watch_ends_not_serving_when_the_server_drains(mnist_test) -> None:
+    """A Watch stream must not hold the server's stop open for its whole grace."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with GrpcServer() as process:
+        with grpc.insecure_channel(process.target) as channel:
+            watched = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert next(watched).status == health_pb2.HealthCheckResponse.SERVING
+            started = time.monotonic()
+            process.terminate()
+            assert [a.status for a in watched] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert process.process.wait(20) == 0
+        assert time.monotonic() - started < 10  # not --drain-s (20 s)

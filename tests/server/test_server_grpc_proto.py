@@ -21,7 +21,8 @@ def test_the_shipped_descriptor_set_is_the_proto_compiled(tmp_path: Path) -> Non
     from grpc_tools import protoc
 
     out = tmp_path / "compiled.binpb"
-    assert protoc.main(["protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", str(PROTO)]) == 0
+    protos = [str(PROTO), str(PROTO.parent / "health.proto")]  # in the order the .proto's header names them
+    assert protoc.main(["protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", *protos]) == 0
     compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     shipped = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
     assert shipped == compiled, f"regenerate {DESCRIPTOR_SET.name} as {PROTO.name}'s header says"
@@ -48,6 +49,22 @@ def _tritons(name: str):
         if name in file.message_types_by_name:
             return file.message_types_by_name[name]
     raise AssertionError(f"Triton has no message {name}")
+
+
+def test_the_health_service_is_grpcs_own() -> None:
+    from grpc_health.v1 import health_pb2
+
+    ours = message("HealthCheckRequest", "grpc.health.v1").DESCRIPTOR.file
+    theirs = health_pb2.DESCRIPTOR
+    for name, descriptor in ours.message_types_by_name.items():
+        assert _fields(descriptor) == _fields(theirs.message_types_by_name[name]), name
+    (service,) = ours.services_by_name.values()
+    assert service.full_name == "grpc.health.v1.Health"
+    their_service = theirs.services_by_name["Health"]
+    for method in service.methods:
+        their = their_service.methods_by_name[method.name]
+        assert (method.input_type.name, method.output_type.name, method.server_streaming) == (
+            their.input_type.name, their.output_type.name, their.server_streaming)
 
 
 def test_every_message_has_tritons_field_numbers_and_types() -> None:
