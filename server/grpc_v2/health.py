@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from server.grpc_v2.messages import HEALTH_PACKAGE, HEALTH_SERVICE, SERVICE, message, methods
+from server.errors import BadRequest
+from server.grpc_v2.messages import HEALTH_PACKAGE, HEALTH_SERVICE, SERVICE, message, methods, parse
 from server.metrics import Metrics
 from server.service import Models
 
@@ -41,8 +42,15 @@ class HealthService:
         response = message("HealthCheckResponse", HEALTH_PACKAGE)
         return response(status=response.ServingStatus.Value(status))
 
-    async def check(self, request: Any, context: grpc.aio.ServicerContext) -> Message:
+    def _request(self, data: bytes) -> Any:
+        return parse(message("HealthCheckRequest", HEALTH_PACKAGE), data)
+
+    async def check(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
         started = time.perf_counter()
+        try:
+            request = self._request(data)
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         status = self._status(request.service)
         known = status != "SERVICE_UNKNOWN"
         self.metrics.record_request("", f"/{HEALTH_SERVICE}/Check", 200 if known else 404,
@@ -52,8 +60,12 @@ class HealthService:
                                 f"ask for '' or {SERVICE!r}")
         return self._response(status)
 
-    async def watch(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+    async def watch(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
         """The status now, then each change, until the client goes or the server drains."""
+        try:
+            request = self._request(data)
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         sent = None
         while True:
             status = self._status(request.service)
@@ -65,10 +77,8 @@ class HealthService:
             await asyncio.sleep(WATCH_POLL_S)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        (check_in, check_out), (watch_in, watch_out) = (methods(HEALTH_SERVICE)[n] for n in ("Check", "Watch"))
-        return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                self.check, request_deserializer=check_in.FromString, response_serializer=check_out.SerializeToString),
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                self.watch, request_deserializer=watch_in.FromString, response_serializer=watch_out.SerializeToString),
+        (_, check_out), (_, watch_out) = (methods(HEALTH_SERVICE)[n] for n in ("Check", "Watch"))
+        return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {  # bytes in: parsed by the handlers
+            "Check": grpc.unary_unary_rpc_method_handler(self.check, response_serializer=check_out.SerializeToString),
+            "Watch": grpc.unary_stream_rpc_method_handler(self.watch, response_serializer=watch_out.SerializeToString),
         })

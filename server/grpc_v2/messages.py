@@ -12,7 +12,9 @@ import functools
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+
+from server.errors import BadRequest
 
 PACKAGE = "inference"
 SERVICE = f"{PACKAGE}.GRPCInferenceService"
@@ -43,3 +45,12 @@ def methods(service: str = SERVICE) -> dict[str, tuple[type[Message], type[Messa
                       message_factory.GetMessageClass(method.output_type))
         for method in _pool().FindServiceByName(service).methods
     }
+
+
+def parse(message_class: type[Message], data: bytes) -> Message:
+    """`data` as a `message_class`, or BadRequest naming it: parsed here rather than by grpc, which
+    would answer a corrupt message UNKNOWN and log a traceback for each one a client sends."""
+    try:
+        return message_class.FromString(data)
+    except DecodeError as exc:
+        raise BadRequest(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message ({exc})") from None

@@ -24,7 +24,7 @@ from server import package_version
 from server.budget import Hold, InFlightBytes
 from server.decode import parse_epsilon, tensor_from_bytes, tensor_from_list
 from server.errors import BadRequest, GloroError, Unauthorized
-from server.grpc_v2.messages import SERVICE, message, methods
+from server.grpc_v2.messages import SERVICE, message, methods, parse
 from server.metrics import Metrics
 from server.middleware import API_KEY_HELP, carries_key
 from server.open_inference import (OUTPUTS, check_input, check_output_asked, model_configuration,
@@ -203,20 +203,21 @@ class OpenInferenceService:
         if not carries_key(headers, self.key):
             raise Unauthorized(f"missing or wrong API key: {API_KEY_HELP} (as gRPC metadata)")
 
-    def _answering(self, method: str, handler: Handler) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]:
-        """`handler` as a gRPC call: the API key checked, its errors as gRPC status codes, its metrics
-        recorded and its bytes given back, whatever the outcome."""
+    def _answering(self, method: str, request_class: type[Message],
+                   handler: Handler) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+        """`handler` as a gRPC call: the API key checked, the request parsed, its errors as gRPC status
+        codes, its metrics recorded and its bytes given back, whatever the outcome."""
         route = f"/{SERVICE}/{method}"
         public = method in PUBLIC_METHODS
 
-        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Message:
+        async def answer(data: bytes, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             call = Call(self.budget)
             status = 500
             try:
                 if not public:
                     self._authorise(context)
-                response = await handler(request, call)
+                response = await handler(parse(request_class, data), call)
                 status = 200
                 return response
             except GloroError as exc:
@@ -247,8 +248,7 @@ class OpenInferenceService:
         }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._answering(name, calls[name]),
-                request_deserializer=request_class.FromString,
+                self._answering(name, request_class, calls[name]),  # bytes in: parsed by `answer`
                 response_serializer=response_class.SerializeToString,
             )
             for name, (request_class, response_class) in methods().items()

@@ -386,3 +386,25 @@ def test_a_health_watch_ends_not_serving_when_the_server_drains(mnist_test) -> N
             assert [a.status for a in watched] == [health_pb2.HealthCheckResponse.NOT_SERVING]
         assert process.process.wait(20) == 0
         assert time.monotonic() - started < 10  # not --drain-s (20 s)
+
+
+@pytest.mark.parametrize("method", ["/inference.GRPCInferenceService/ModelInfer", "/grpc.health.v1.Health/Check"])
+def test_a_corrupt_message_is_invalid_argument_and_harms_no_other(server, mnist_test, method) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        send = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as caught:
+            send(b"\xff\xff\xff\xff not a protobuf message")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid" in caught.value.details()
+    x = digits(mnist_test[0], 1)
+    assert server.client().infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_calls_get_the_answers_of_plain_ones(server, mnist_test, compression) -> None:
+    x = digits(mnist_test[0], 4)
+    client = server.client()
+    plain = client.infer(SHIPPED, [fp32_input(x)])
+    packed = client.infer(SHIPPED, [fp32_input(x)], compression_algorithm=compression)
+    assert packed.as_numpy("label").tolist() == plain.as_numpy("label").tolist()
+    assert packed.as_numpy("radius").tolist() == plain.as_numpy("radius").tolist()
