@@ -7,7 +7,8 @@ perf_analyzer's server-side breakdown read from the statistics extension.
         --concurrency 1 8 64 --protocol http grpc
 
 With `--protocol http grpc` every server also serves gRPC (`--grpc-port`) and perf_analyzer measures
-it both ways in turn, each level in each protocol before the next level; the gRPC rows are LABEL-grpc.
+it both ways in turn, each level in each protocol before the next level; the gRPC rows are LABEL@grpc
+(no label holds an @, so none can be taken for another's).
 
 Every server named starts at once; each concurrency level loads them in turn (the same level for
 each before the next), so the servers are compared within one stretch of the machine's weather.
@@ -41,6 +42,7 @@ COLUMNS = {
     "Server Compute Infer": "server_compute_us", "Network+Server Send/Recv": "network_and_server_us",
 }
 DEFAULT_STABILITY = 10.0  # perf_analyzer's own default, in percent
+PROTOCOLS = ("http", "grpc")
 
 
 def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
@@ -53,9 +55,6 @@ def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
             for p in pixels]
     path.write_text(json.dumps({"data": data}))
     return path
-
-
-PROTOCOLS = ("http", "grpc")
 
 
 def measure_one(exe: str, case: ModelCase, address: str, protocol: str, data: Path, concurrency: int,
@@ -79,10 +78,10 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
     exe = shutil.which("perf_analyzer")
     if exe is None:
         raise CompareError("perf_analyzer is not on PATH; install it with: bash bench/install_perf_analyzer.sh")
-    specs = parse_specs(specs_text)
-    grpc_ports = {s.label: free_port() for s in specs} if "grpc" in protocols else {}
+    asked = parse_specs(specs_text)
+    grpc_ports = {s.label: free_port() for s in asked} if "grpc" in protocols else {}
     specs = [replace(s, flags=[*s.flags, "--grpc-port", str(grpc_ports[s.label])]) if grpc_ports else s
-             for s in specs]
+             for s in asked]
     case = prepare(model, work)
     data = input_data(case, work / f"{case.key}-perf-analyzer-input.json")
     said = subprocess.run([exe, "--version"], capture_output=True, text=True)
@@ -94,7 +93,7 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
             for protocol in protocols:
                 for label, server in servers.items():
                     if protocol == "grpc":
-                        row, address = f"{label}-grpc", f"127.0.0.1:{grpc_ports[label]}"
+                        row, address = f"{label}@grpc", f"127.0.0.1:{grpc_ports[label]}"
                     else:
                         row, address = label, server.url.removeprefix("http://").split("/", 1)[0]
                     measured_row = measure_one(exe, case, address, protocol, data, level, interval_ms, stability, work)
@@ -102,7 +101,8 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
                     print(f"bench: {row} at concurrency {level}: {measured_row['infer_per_s']:,.0f} infer/s", flush=True)
     return {"model": case.name, "weights": case.weights, "perf_analyzer": version, "interval_ms": interval_ms,
             "stability_percentage": stability, "protocols": list(protocols),
-            "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in specs}, "rows": rows}
+            # the flags as given: the gRPC port each drew is no part of the configuration
+            "servers": {s.label: {"revision": s.revision, "flags": s.flags} for s in asked}, "rows": rows}
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:

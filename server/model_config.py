@@ -57,6 +57,6 @@ def triton_model_config(service: ModelService, outputs: dict[str, tuple[str, lis
             "classes": {"string_value": json.dumps(spec.classes)},
         },
     }
-    if spec.version.isdigit():  # Triton's versions are integers; gloro's may be any folder name
+    if spec.version.isdigit():  # the repository's are 1 to 9 ASCII digits (repository.VERSION); Triton's int64s
         body["version_policy"] = {"specific": {"versions": [int(spec.version)]}}
     return body

@@ -13,17 +13,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from prometheus_client import CollectorRegistry
 
 from server.decode import DATATYPE_FP32
 from server.errors import BadRequest
 from server.model_config import triton_model_config
 from server.model_stats import triton_statistics
 from server.service import ModelService, Prediction
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 INPUT = "input"
 # output name -> (datatype, little-endian numpy dtype)
@@ -131,23 +132,23 @@ class OutputTensor:
         if self.datatype == "BYTES":
             encoded = [text.encode() for text in self.values.ravel()]
             return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
-        return np.ascontiguousarray(self.values).tobytes()
+        return self.values.tobytes()  # row-major whatever the array's layout
 
 
-def top_classes(prediction: Prediction, count: int) -> np.ndarray:
-    """Each image's `count` highest logits (all of them when it has fewer classes, as Triton
-    clamps), the highest first, as Triton's "value:index:label" strings."""
-    logits = prediction.output.logits
-    names = prediction.spec.classes
+def top_classes(logits: np.ndarray, names: list[str], count: int) -> np.ndarray:
+    """Each row's `count` highest logits (every class when it has fewer), the highest first and a
+    tie to the lower index, as Triton's "value:index:label" strings (NaN last). Formatted on the
+    event loop: about a microsecond a string, so N x k is the cost to watch for large class counts."""
     order = np.argsort(-logits, axis=1, kind="stable")[:, :count]
-    rows = [[f"{row[i]:f}:{i}:{names[i]}" for i in indices] for row, indices in zip(logits, order)]
-    return np.array(rows, dtype=object).reshape(len(rows), -1)
+    rows = [[f"{value:f}:{index}:{names[index]}" for value, index in zip(row[indices].tolist(), indices.tolist())]
+            for row, indices in zip(logits, order)]
+    return np.array(rows, dtype=object).reshape(len(rows), order.shape[1])
 
 
 def output_tensor(prediction: Prediction, name: str, classes: int | None = None) -> OutputTensor:
     """The output called `name` (its top `classes` classes when asked for) in its wire form."""
     if classes is not None:
-        return OutputTensor(name, "BYTES", top_classes(prediction, classes))
+        return OutputTensor(name, "BYTES", top_classes(prediction.output.logits, prediction.spec.classes, classes))
     datatype, dtype = OUTPUTS[name]
     array = prediction.certified if name == "certified" else getattr(prediction.output, name)
     return OutputTensor(name, datatype, np.asarray(array, dtype=dtype))

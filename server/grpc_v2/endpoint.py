@@ -68,7 +68,8 @@ def on_stop_signal(begin: Callable[[], None]) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def handler(sig: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(begin)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(begin)
         before = previous[sig]
         if callable(before):
             before(sig, frame)
@@ -99,16 +100,18 @@ async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metric
     server.add_generic_rpc_handlers((OpenInferenceService(models, metrics, budget, api_key).handler(), health.handler()))
     server.add_insecure_port(address(settings.host, settings.grpc_port))
     await server.start()
-    stopping: list[asyncio.Task] = []
+    stopping: asyncio.Task | None = None
 
     def begin_stop() -> None:
-        if not stopping:
-            health.draining = True
-            stopping.append(asyncio.ensure_future(server.stop(settings.drain_s)))
+        nonlocal stopping
+        if stopping is None:
+            health.draining.set()
+            stopping = asyncio.ensure_future(server.stop(settings.drain_s))
 
     try:
         with on_stop_signal(begin_stop):
             yield server
     finally:
         begin_stop()
-        await stopping[0]
+        assert stopping is not None
+        await stopping

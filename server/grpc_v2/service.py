@@ -1,5 +1,5 @@
-"""The calls of `inference.GRPCInferenceService`: health, metadata and inference, on the same
-models, batchers, limits and metrics as the REST routes.
+"""The calls of `inference.GRPCInferenceService`: health, metadata, inference, and Triton's model
+configuration and statistics, on the same models, batchers, limits and metrics as the REST routes.
 
 What REST answers with a status code gRPC answers with the status code that means the same
 (`GRPC_CODES`); the message is the same one line. Each call counts in gloro_requests_total and
@@ -27,8 +27,8 @@ from server.errors import BadRequest, GloroError, Unauthorized
 from server.grpc_v2.messages import SERVICE, message, methods, parse
 from server.metrics import Metrics
 from server.middleware import API_KEY_HELP, carries_key
-from server.open_inference import (OUTPUTS, check_input, check_output_asked, model_configuration,
-                                   model_metadata, model_statistics, output_tensor)
+from server import open_inference as protocol
+from server.open_inference import OUTPUTS, check_input, check_output_asked, output_tensor
 from server.repository import InputSpec
 from server.service import ModelService, Models, Prediction
 
@@ -159,7 +159,7 @@ class OpenInferenceService:
         return message("ServerMetadataResponse")(name="gloro-serve", version=package_version(), extensions=EXTENSIONS)
 
     async def model_metadata(self, request: Any, call: Call) -> Message:
-        metadata = model_metadata(self._service(request.name, request.version))
+        metadata = protocol.model_metadata(self._service(request.name, request.version))
         del metadata["parameters"]  # not in the gRPC message
         return message("ModelMetadataResponse")(**metadata)
 
@@ -183,7 +183,7 @@ class OpenInferenceService:
 
     async def model_config(self, request: Any, call: Call) -> Message:
         service = self._service(request.name, request.version)
-        config = json_format.ParseDict(model_configuration(service), message("ModelConfig")())
+        config = json_format.ParseDict(protocol.model_configuration(service), message("ModelConfig")())
         return message("ModelConfigResponse")(config=config)
 
     async def model_statistics(self, request: Any, call: Call) -> Message:
@@ -192,7 +192,7 @@ class OpenInferenceService:
             services = [self._service(request.name, request.version)]
         else:
             services = list(self.models.services.values())
-        statistics = model_statistics(self.metrics.current(), services)
+        statistics = protocol.model_statistics(self.metrics.current(), services)
         return json_format.ParseDict(statistics, message("ModelStatisticsResponse")())
 
     def _authorise(self, context: grpc.aio.ServicerContext) -> None:

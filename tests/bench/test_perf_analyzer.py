@@ -23,7 +23,8 @@ def test_two_servers_at_two_concurrencies_with_server_side_numbers(tmp_path: Pat
     result = json.loads(out.read_text())
     assert result["model"] == "mnist-2c2f" and result["perf_analyzer"].startswith("Perf Analyzer Version")
     assert result["stability_percentage"] == 500 and result["protocols"] == ["http", "grpc"]
-    assert set(result["rows"]) == {"one", "small", "one-grpc", "small-grpc"}
+    assert set(result["rows"]) == {"one", "small", "one@grpc", "small@grpc"}
+    assert result["servers"]["small"]["flags"] == ["--max-batch-size", "4"]  # without the port it drew
     for levels in result["rows"].values():
         assert set(levels) == {"1", "4"}
         for row in levels.values():
