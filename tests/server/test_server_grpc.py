@@ -3,6 +3,7 @@ blocked), real MNIST digits, Triton's own gRPC client and Triton's .proto."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -408,3 +409,30 @@ def test_compressed_calls_get_the_answers_of_plain_ones(server, mnist_test, comp
     packed = client.infer(SHIPPED, [fp32_input(x)], compression_algorithm=compression)
     assert packed.as_numpy("label").tolist() == plain.as_numpy("label").tolist()
     assert packed.as_numpy("radius").tolist() == plain.as_numpy("radius").tolist()
+
+
+def test_sighup_replaces_the_workers_without_a_failed_call_on_a_kept_channel(mnist_test) -> None:
+    """SIGHUP's rolling replacement under gRPC: a retiring worker finishes the calls it has and tells
+    the client (GOAWAY) to go elsewhere, so a client keeping its channel loses none."""
+    from proc_tree import children, spawned_worker
+
+    x = digits(mnist_test[0], 1)
+    with GrpcServer(["--workers", "2"]) as process:
+        old = {p for p in children(process.process.pid) if spawned_worker(p)}
+        client = process.client()
+        outcomes: list[str] = []
+        stop = time.monotonic() + 60
+
+        def old_workers_left() -> bool:
+            return bool(old & set(children(process.process.pid)))
+
+        process.process.send_signal(signal.SIGHUP)
+        while old_workers_left() and time.monotonic() < stop:
+            try:
+                client.infer(SHIPPED, [fp32_input(x)])
+                outcomes.append("ok")
+            except triton.InferenceServerException as error:
+                outcomes.append(str(error.status()))
+        assert not old_workers_left(), "the old workers are still there"
+        assert len(outcomes) > 10 and set(outcomes) == {"ok"}, (len(outcomes), set(outcomes))
+        assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
