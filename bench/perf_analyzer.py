@@ -4,11 +4,12 @@ perf_analyzer's server-side breakdown read from the statistics extension.
 
     bash bench/install_perf_analyzer.sh
     python -m bench.perf_analyzer --model mnist --server 'default=' --server 'w2=--workers 2 --reuse-port' \\
-        --concurrency 1 8 64 --protocol http grpc
+        --concurrency 1 8 64 --protocol http grpc grpc-stream
 
-With `--protocol http grpc` every server also serves gRPC (`--grpc-port`) and perf_analyzer measures
-it both ways in turn, each level in each protocol before the next level; the gRPC rows are LABEL@grpc
-(no label holds an @, so none can be taken for another's).
+With `--protocol http grpc grpc-stream` every server also serves gRPC (`--grpc-port`) and perf_analyzer
+measures it each way in turn (grpc-stream: `-i grpc --streaming`, requests on one stream a client
+thread), each level in each protocol before the next level; those rows are LABEL@PROTOCOL (no label
+holds an @, so none can be taken for another's).
 
 Every server named starts at once; each concurrency level loads them in turn (the same level for
 each before the next), so the servers are compared within one stretch of the machine's weather.
@@ -42,7 +43,8 @@ COLUMNS = {
     "Server Compute Infer": "server_compute_us", "Network+Server Send/Recv": "network_and_server_us",
 }
 DEFAULT_STABILITY = 10.0  # perf_analyzer's own default, in percent
-PROTOCOLS = ("http", "grpc")
+# --protocol -> perf_analyzer's flags for it
+PROTOCOLS = {"http": ["-i", "http"], "grpc": ["-i", "grpc"], "grpc-stream": ["-i", "grpc", "--streaming"]}
 
 
 def input_data(case: ModelCase, path: Path, images: int = 16) -> Path:
@@ -62,7 +64,7 @@ def measure_one(exe: str, case: ModelCase, address: str, protocol: str, data: Pa
     """One perf_analyzer run at one concurrency, to host:port `address` over `protocol`: its CSV row, converted."""
     report = work / "perf_analyzer.csv"
     report.unlink(missing_ok=True)
-    command = [exe, "-m", case.name, "-u", address, "-i", protocol, "--input-data", str(data),
+    command = [exe, "-m", case.name, "-u", address, *PROTOCOLS[protocol], "--input-data", str(data),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms),
                "--stability-percentage", str(stability), "-f", str(report)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -79,7 +81,7 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
     if exe is None:
         raise CompareError("perf_analyzer is not on PATH; install it with: bash bench/install_perf_analyzer.sh")
     asked = parse_specs(specs_text)
-    grpc_ports = {s.label: free_port() for s in asked} if "grpc" in protocols else {}
+    grpc_ports = {s.label: free_port() for s in asked} if set(protocols) - {"http"} else {}
     specs = [replace(s, flags=[*s.flags, "--grpc-port", str(grpc_ports[s.label])]) if grpc_ports else s
              for s in asked]
     case = prepare(model, work)
@@ -92,8 +94,8 @@ def perf_analyzer_runs(specs_text: list[str], model: str, concurrency: list[int]
         for level in concurrency:
             for protocol in protocols:
                 for label, server in servers.items():
-                    if protocol == "grpc":
-                        row, address = f"{label}@grpc", f"127.0.0.1:{grpc_ports[label]}"
+                    if protocol != "http":
+                        row, address = f"{label}@{protocol}", f"127.0.0.1:{grpc_ports[label]}"
                     else:
                         row, address = label, server.url.removeprefix("http://").split("/", 1)[0]
                     measured_row = measure_one(exe, case, address, protocol, data, level, interval_ms, stability, work)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="perf_analyzer's: how far three windows in a row may differ for a level to count as "
                    "measured; it gives up after ten windows (a busy shared machine may need more)")
     p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["http"],
-                   help="measure over these (grpc: each server also serves --grpc-port)")
+                   help="measure over these (grpc, grpc-stream: each server also serves --grpc-port)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "perf_analyzer.json")
     args = p.parse_args(argv)
     if any(level < 1 for level in args.concurrency) or args.interval_ms < 100 or args.stability_percentage <= 0:

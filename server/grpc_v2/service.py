@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -87,6 +87,15 @@ class Call:
 
 
 Handler = Callable[[Any, Call], Awaitable[Message]]
+
+
+class CallFailed(Exception):
+    """A call's failure as gRPC answers it: a status code and a one-line message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 def parameter_value(parameter: Message) -> Any:
@@ -203,37 +212,97 @@ class OpenInferenceService:
         if not carries_key(headers, self.key):
             raise Unauthorized(f"missing or wrong API key: {API_KEY_HELP} (as gRPC metadata)")
 
+    async def _run(self, route: str, handler: Handler, request: Callable[[], Any],
+                   context: grpc.aio.ServicerContext | None) -> Message:
+        """One call of `handler` on `request()` (parsed here, so a corrupt message counts): the API key
+        checked when `context` is given, its metrics recorded and its bytes given back whatever the
+        outcome; a failure raised as CallFailed with the gRPC status and message it answers."""
+        started = time.perf_counter()
+        call = Call(self.budget)
+        status = 500
+        try:
+            if context is not None:
+                self._authorise(context)
+            response = await handler(request(), call)
+            status = 200
+            return response
+        except GloroError as exc:
+            status = exc.status
+            raise CallFailed(GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc)) from None
+        except asyncio.CancelledError:
+            status = CANCELLED_STATUS
+            raise
+        except Exception as exc:
+            log.exception("unexpected error in %s", route)
+            raise CallFailed(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}") from None
+        finally:
+            call.release()
+            self.metrics.record_request(call.model, route, status, time.perf_counter() - started)
+
     def _answering(self, method: str, request_class: type[Message],
                    handler: Handler) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
-        """`handler` as a gRPC call: the API key checked, the request parsed, its errors as gRPC status
-        codes, its metrics recorded and its bytes given back, whatever the outcome."""
+        """`handler` as a unary gRPC call (`_run`), a failure answered with its status code."""
         route = f"/{SERVICE}/{method}"
         public = method in PUBLIC_METHODS
 
         async def answer(data: bytes, context: grpc.aio.ServicerContext) -> Message:
-            started = time.perf_counter()
-            call = Call(self.budget)
-            status = 500
             try:
-                if not public:
-                    self._authorise(context)
-                response = await handler(parse(request_class, data), call)
-                status = 200
-                return response
-            except GloroError as exc:
-                status, code, details = exc.status, GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc)
-            except asyncio.CancelledError:
-                status = CANCELLED_STATUS
-                raise
-            except Exception as exc:
-                log.exception("unexpected error in %s", route)
-                code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-            finally:
-                call.release()
-                self.metrics.record_request(call.model, route, status, time.perf_counter() - started)
-            await context.abort(code, details)
+                return await self._run(route, handler, lambda: parse(request_class, data),
+                                       None if public else context)
+            except CallFailed as failed:
+                await context.abort(failed.code, failed.details)
+                raise  # abort raises; this line is never reached
 
         return answer
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        """Triton's streaming inference: each request on the stream is a ModelInfer call of its own
+        (batched, limited and counted alike, under this method's route), answered on the stream as
+        soon as its batch is done, in whatever order they finish. A request that fails is answered
+        with `error_message` and its id; the stream goes on. The API key is checked once a stream."""
+        route = f"/{SERVICE}/ModelStreamInfer"
+        answer = message("ModelStreamInferResponse")
+        request_class = message("ModelInferRequest")
+        try:
+            self._authorise(context)
+        except Unauthorized as exc:
+            self.metrics.record_request("", route, exc.status, 0.0)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        answers: asyncio.Queue[Message | None] = asyncio.Queue()
+
+        async def one(data: bytes) -> None:
+            request_id = ""
+
+            def parsed() -> Any:
+                nonlocal request_id
+                request = parse(request_class, data)
+                request_id = request.id
+                return request
+
+            try:
+                response = answer(infer_response=await self._run(route, self.model_infer, parsed, None))
+            except CallFailed as failed:
+                response = answer(error_message=failed.details, infer_response={"id": request_id})
+            answers.put_nowait(response)
+
+        async def read() -> None:
+            running: set[asyncio.Task] = set()
+            try:
+                async for data in requests:
+                    task = asyncio.ensure_future(one(data))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()  # the client has gone: read no more; calls under way finish as cancelled ones do
 
     def handler(self) -> grpc.GenericRpcHandler:
         calls: dict[str, Handler] = {
@@ -246,11 +315,14 @@ class OpenInferenceService:
             "ModelConfig": self.model_config,
             "ModelStatistics": self.model_statistics,
         }
+        protocol_methods = methods()
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 self._answering(name, request_class, calls[name]),  # bytes in: parsed by `answer`
                 response_serializer=response_class.SerializeToString,
             )
-            for name, (request_class, response_class) in methods().items()
+            for name, (request_class, response_class) in protocol_methods.items() if name in calls
         }
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer, response_serializer=protocol_methods["ModelStreamInfer"][1].SerializeToString)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)

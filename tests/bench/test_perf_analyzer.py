@@ -17,13 +17,13 @@ def test_two_servers_at_two_concurrencies_with_server_side_numbers(tmp_path: Pat
         pytest.skip("perf_analyzer is not installed (bash bench/install_perf_analyzer.sh)")
     out = tmp_path / "pa.json"
     argv = ["--model", "mnist", "--server", "one=", "--server", "small=--max-batch-size 4",
-            "--concurrency", "1", "4", "--interval-ms", "500", "--out", str(out), "--protocol", "http", "grpc",
+            "--concurrency", "1", "4", "--interval-ms", "500", "--out", str(out), "--protocol", "http", "grpc", "grpc-stream",
             "--stability-percentage", "500"]  # behaviour, not figures: a busy machine must not fail it
     assert perf_analyzer.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["model"] == "mnist-2c2f" and result["perf_analyzer"].startswith("Perf Analyzer Version")
-    assert result["stability_percentage"] == 500 and result["protocols"] == ["http", "grpc"]
-    assert set(result["rows"]) == {"one", "small", "one@grpc", "small@grpc"}
+    assert result["stability_percentage"] == 500 and result["protocols"] == ["http", "grpc", "grpc-stream"]
+    assert set(result["rows"]) == {"one", "small", "one@grpc", "small@grpc", "one@grpc-stream", "small@grpc-stream"}
     assert result["servers"]["small"]["flags"] == ["--max-batch-size", "4"]  # without the port it drew
     for levels in result["rows"].values():
         assert set(levels) == {"1", "4"}

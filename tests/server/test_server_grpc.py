@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -436,3 +437,79 @@ def test_sighup_replaces_the_workers_without_a_failed_call_on_a_kept_channel(mni
         assert not old_workers_left(), "the old workers are still there"
         assert len(outcomes) > 10 and set(outcomes) == {"ok"}, (len(outcomes), set(outcomes))
         assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
+
+
+def _stream(client, requests: list[tuple[str, list]]) -> dict[str, tuple]:
+    """Send (request id, inputs) on one stream; each id's (result, error), as the callback got them."""
+    got: dict[str, tuple] = {}
+    done = threading.Event()
+
+    def callback(result, error) -> None:
+        key = (result.get_response().id if result is not None else None) or (error and error.message())
+        got[key] = (result, error)
+        if len(got) == len(requests):
+            done.set()
+
+    client.start_stream(callback=callback)
+    for request_id, inputs in requests:
+        client.async_stream_infer(SHIPPED, inputs, request_id=request_id)
+    assert done.wait(30), f"{len(got)} of {len(requests)} answered"
+    client.stop_stream()
+    return got
+
+
+def test_a_stream_answers_each_request_as_a_call_would(server, mnist_test) -> None:
+    images = digits(mnist_test[0], 12)
+    client = server.client()
+    unary = client.infer(SHIPPED, [fp32_input(images)]).as_numpy("label")
+    got = _stream(client, [(f"r{i}", [fp32_input(images[i:i + 1])]) for i in range(12)])
+    assert sorted(got) == sorted(f"r{i}" for i in range(12))
+    for i in range(12):
+        result, error = got[f"r{i}"]
+        assert error is None and result.as_numpy("label").tolist() == [unary[i]]
+    before = infer_count(server.metrics(), "200")
+    _stream(client, [("again", [fp32_input(images[:1])])])
+    key = (("model", SHIPPED), ("route", "/inference.GRPCInferenceService/ModelStreamInfer"), ("status", "200"))
+    assert metric_samples(server.metrics(), "gloro_requests_total")[key] >= 13
+    assert infer_count(server.metrics(), "200") == before  # counted under the stream's route, not ModelInfer's
+
+
+def test_a_failed_request_on_a_stream_is_answered_with_its_error_and_the_stream_goes_on(server, mnist_test) -> None:
+    images = digits(mnist_test[0], 2)
+    bad = fp32_input(np.zeros((1, 1, 27, 28), np.float32))
+    client = server.client()
+    got = _stream(client, [("good", [fp32_input(images[:1])]), ("bad", [bad]), ("after", [fp32_input(images[1:])])])
+    assert got["good"][1] is None and got["after"][1] is None
+    (error_key,) = [k for k in got if k not in ("good", "after")]
+    result, error = got[error_key]
+    assert error is not None and "model expects [-1, 1, 28, 28]" in error.message()
+
+
+def test_a_stream_needs_the_api_key(mnist_test) -> None:
+    x = digits(mnist_test[0], 1)
+    with GrpcServer(["--api-key", "s3cret"]) as process:
+        client = process.client()
+        errors: list = []
+        client.start_stream(callback=lambda result, error: errors.append(error))
+        client.async_stream_infer(SHIPPED, [fp32_input(x)], request_id="k")
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.stop_stream()
+        assert errors and errors[0] is not None and "API key" in errors[0].message()
+        client = process.client()
+        got = _stream_with_headers(client, {"x-api-key": "s3cret"}, x)
+        assert got.as_numpy("label").shape == (1,)
+
+
+def _stream_with_headers(client, headers: dict, x: np.ndarray):
+    answered: list = []
+    client.start_stream(callback=lambda result, error: answered.append((result, error)), headers=headers)
+    client.async_stream_infer(SHIPPED, [fp32_input(x)], request_id="k")
+    deadline = time.monotonic() + 10
+    while not answered and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.stop_stream()
+    result, error = answered[0]
+    assert error is None, error
+    return result
