@@ -96,8 +96,9 @@ async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metric
     assert settings.grpc_port is not None
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     server = grpc.aio.server(options=server_options(settings))
-    health = HealthService(models, metrics)
-    server.add_generic_rpc_handlers((OpenInferenceService(models, metrics, budget, api_key).handler(), health.handler()))
+    draining = asyncio.Event()  # set as the stop begins: streams end, health says NOT_SERVING
+    services = (OpenInferenceService(models, metrics, budget, api_key, draining), HealthService(models, metrics, draining))
+    server.add_generic_rpc_handlers(tuple(service.handler() for service in services))
     server.add_insecure_port(address(settings.host, settings.grpc_port))
     await server.start()
     stopping: asyncio.Task | None = None
@@ -105,7 +106,7 @@ async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metric
     def begin_stop() -> None:
         nonlocal stopping
         if stopping is None:
-            health.draining.set()
+            draining.set()
             stopping = asyncio.ensure_future(server.stop(settings.drain_s))
 
     try:

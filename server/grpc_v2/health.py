@@ -31,12 +31,12 @@ CHECK_STATUS = {"SERVING": 200, "NOT_SERVING": 503, "SERVICE_UNKNOWN": 404}
 
 
 class HealthService:
-    def __init__(self, models: Models, metrics: Metrics) -> None:
+    def __init__(self, models: Models, metrics: Metrics, draining: asyncio.Event) -> None:
         self.models = models
         self.metrics = metrics
         # Set when the gRPC server begins to stop. Models are loaded before gRPC starts, so this is
         # the one change a Watch stream waits for: an event, not a poll.
-        self.draining = asyncio.Event()
+        self.draining = draining
 
     def _status(self, service: str) -> str:
         if service not in CHECKED:

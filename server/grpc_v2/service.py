@@ -143,11 +143,13 @@ def requested_outputs(request: Any) -> list[tuple[str, int | None]]:
 class OpenInferenceService:
     """The service's calls, and the gRPC handler that routes each to its method here."""
 
-    def __init__(self, models: Models, metrics: Metrics, budget: InFlightBytes, api_key: str | None) -> None:
+    def __init__(self, models: Models, metrics: Metrics, budget: InFlightBytes, api_key: str | None,
+                 draining: asyncio.Event) -> None:
         self.models = models
         self.metrics = metrics
         self.budget = budget
         self.key = api_key.encode() if api_key is not None else None
+        self.draining = draining  # set when the server begins to stop: streams take no more requests
 
     def _service(self, name: str, version: str) -> ModelService:
         if not name:
@@ -286,23 +288,34 @@ class OpenInferenceService:
                 response = answer(error_message=failed.details, infer_response={"id": request_id})
             answers.put_nowait(response)
 
-        async def read() -> None:
-            running: set[asyncio.Task] = set()
-            try:
-                async for data in requests:
-                    task = asyncio.ensure_future(one(data))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                await asyncio.gather(*running)
-            finally:
-                answers.put_nowait(None)
+        running: set[asyncio.Task] = set()
 
-        reader = asyncio.ensure_future(read())
+        async def read() -> None:
+            async for data in requests:
+                task = asyncio.ensure_future(one(data))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        async def serve() -> None:
+            """Read until the client closes its side or the server begins to stop (a stream left
+            open would hold the stop for its whole grace), then answer what was read, and end."""
+            reading, drained = asyncio.ensure_future(read()), asyncio.ensure_future(self.draining.wait())
+            try:
+                await asyncio.wait({reading, drained}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                reading.cancel()
+                drained.cancel()
+            if reading.done() and not reading.cancelled():
+                reading.exception()  # a stream broken by its client ends here like a closed one
+            await asyncio.gather(*running)
+            answers.put_nowait(None)
+
+        server = asyncio.ensure_future(serve())
         try:
             while (response := await answers.get()) is not None:
                 yield response
         finally:
-            reader.cancel()  # the client has gone: read no more; calls under way finish as cancelled ones do
+            server.cancel()  # the client has gone: read no more; calls under way finish as cancelled ones do
 
     def handler(self) -> grpc.GenericRpcHandler:
         calls: dict[str, Handler] = {

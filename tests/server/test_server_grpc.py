@@ -513,3 +513,22 @@ def _stream_with_headers(client, headers: dict, x: np.ndarray):
     result, error = answered[0]
     assert error is None, error
     return result
+
+
+def test_an_open_stream_ends_when_the_server_drains(mnist_test) -> None:
+    """A client keeping a stream open does not hold SIGTERM's stop for the whole --drain-s (20 s)."""
+    x = digits(mnist_test[0], 1)
+    with GrpcServer() as process:
+        client = process.client()
+        answered: list = []
+        client.start_stream(callback=lambda result, error: answered.append((result, error)))
+        client.async_stream_infer(SHIPPED, [fp32_input(x)], request_id="before")
+        deadline = time.monotonic() + 10
+        while not answered and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answered and answered[0][1] is None
+        started = time.monotonic()
+        process.terminate()
+        assert process.process.wait(15) == 0
+        assert time.monotonic() - started < 10
+        client.stop_stream()
