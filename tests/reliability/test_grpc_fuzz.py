@@ -82,3 +82,14 @@ def test_no_message_gets_more_than_a_client_error(stub, request) -> None:
     ok.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
     ok.raw_input_contents.append(np.zeros((1, 1, 28, 28), "<f4").tobytes())
     assert len(stub.ModelInfer(ok, timeout=30).outputs) == 4
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(requests=st.lists(infer_requests(), min_size=1, max_size=8))
+def test_a_stream_answers_every_message_with_a_result_or_an_error_that_names_it(stub, requests) -> None:
+    answers = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert len(answers) == len(requests)
+    for answer in answers:
+        assert answer.error_message or len(answer.infer_response.outputs) >= 1, answer
+        assert "internal error" not in answer.error_message
