@@ -97,7 +97,8 @@ async def serving_grpc(settings: ServerSettings, models: Models, metrics: Metric
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     server = grpc.aio.server(options=server_options(settings))
     draining = asyncio.Event()  # set as the stop begins: streams end, health says NOT_SERVING
-    services = (OpenInferenceService(models, metrics, budget, api_key, draining), HealthService(models, metrics, draining))
+    services = (OpenInferenceService(models, metrics, budget, api_key, draining),
+                HealthService(models, metrics, draining))
     server.add_generic_rpc_handlers(tuple(service.handler() for service in services))
     server.add_insecure_port(address(settings.host, settings.grpc_port))
     await server.start()

@@ -439,8 +439,9 @@ def test_sighup_replaces_the_workers_without_a_failed_call_on_a_kept_channel(mni
         assert client.infer(SHIPPED, [fp32_input(x)]).as_numpy("label").shape == (1,)
 
 
-def _stream(client, requests: list[tuple[str, list]]) -> dict[str, tuple]:
-    """Send (request id, inputs) on one stream; each id's (result, error), as the callback got them."""
+def _stream(client, requests: list[tuple[str, list]], headers: dict | None = None) -> dict[str, tuple]:
+    """Send (request id, inputs) on one stream; each id's (result, error), as the callback got them
+    (an error without a result keyed by its message)."""
     got: dict[str, tuple] = {}
     done = threading.Event()
 
@@ -450,7 +451,7 @@ def _stream(client, requests: list[tuple[str, list]]) -> dict[str, tuple]:
         if len(got) == len(requests):
             done.set()
 
-    client.start_stream(callback=callback)
+    client.start_stream(callback=callback, headers=headers)
     for request_id, inputs in requests:
         client.async_stream_infer(SHIPPED, inputs, request_id=request_id)
     assert done.wait(30), f"{len(got)} of {len(requests)} answered"
@@ -488,31 +489,10 @@ def test_a_failed_request_on_a_stream_is_answered_with_its_error_and_the_stream_
 def test_a_stream_needs_the_api_key(mnist_test) -> None:
     x = digits(mnist_test[0], 1)
     with GrpcServer(["--api-key", "s3cret"]) as process:
-        client = process.client()
-        errors: list = []
-        client.start_stream(callback=lambda result, error: errors.append(error))
-        client.async_stream_infer(SHIPPED, [fp32_input(x)], request_id="k")
-        deadline = time.monotonic() + 10
-        while not errors and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.stop_stream()
-        assert errors and errors[0] is not None and "API key" in errors[0].message()
-        client = process.client()
-        got = _stream_with_headers(client, {"x-api-key": "s3cret"}, x)
-        assert got.as_numpy("label").shape == (1,)
-
-
-def _stream_with_headers(client, headers: dict, x: np.ndarray):
-    answered: list = []
-    client.start_stream(callback=lambda result, error: answered.append((result, error)), headers=headers)
-    client.async_stream_infer(SHIPPED, [fp32_input(x)], request_id="k")
-    deadline = time.monotonic() + 10
-    while not answered and time.monotonic() < deadline:
-        time.sleep(0.05)
-    client.stop_stream()
-    result, error = answered[0]
-    assert error is None, error
-    return result
+        ((result, error),) = _stream(process.client(), [("k", [fp32_input(x)])]).values()
+        assert result is None and error is not None and "API key" in error.message()
+        result, error = _stream(process.client(), [("k", [fp32_input(x)])], headers={"x-api-key": "s3cret"})["k"]
+        assert error is None and result.as_numpy("label").shape == (1,)
 
 
 def test_an_open_stream_ends_when_the_server_drains(mnist_test) -> None:
